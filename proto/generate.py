@@ -1,0 +1,31 @@
+"""Regenerate the Python gRPC stubs for proto/backend.proto.
+
+protoc writes `import backend_pb2`; the stubs live inside the `backend.rpc`
+package, so that one import is rewritten to a relative one. Run as
+`python proto/generate.py [OUT_DIR]` (default: backend/rpc).
+"""
+import pathlib
+import sys
+
+from grpc_tools import protoc
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PROTO_DIR = ROOT / "proto"
+
+
+def generate(out_dir: pathlib.Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rc = protoc.main([
+        "grpc_tools.protoc", f"-I{PROTO_DIR}",
+        f"--python_out={out_dir}", f"--grpc_python_out={out_dir}",
+        str(PROTO_DIR / "backend.proto"),
+    ])
+    if rc != 0:
+        raise SystemExit(f"protoc failed with exit code {rc}")
+    grpc_stub = out_dir / "backend_pb2_grpc.py"
+    grpc_stub.write_text(grpc_stub.read_text().replace(
+        "import backend_pb2 as backend__pb2", "from . import backend_pb2 as backend__pb2"))
+
+
+if __name__ == "__main__":
+    generate(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "backend" / "rpc")

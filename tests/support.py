@@ -1,0 +1,96 @@
+"""Shared test helpers: where ../shared is, real backend processes on free ports."""
+import contextlib
+import csv
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+from backend.rpc import backend_pb2 as pb
+from backend.rpc import backend_pb2_grpc as pb_grpc
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+MODELS = SHARED / "models"
+FACES = SHARED / "faces"
+
+needs_shared = pytest.mark.skipif(
+    not (MODELS / "MANIFEST.tsv").exists(),
+    reason="../shared (real weights and photos) is not beside this checkout",
+)
+
+# The complete real test pack assembled from ../shared/models.
+REAL_PACK_OPTIONS = [
+    "engine:insightface",
+    f"detector_onnx:{MODELS / 'scrfd/det_500m.onnx'}",
+    f"recognizer_onnx:{MODELS / 'recognizer-mobilefacenet-paddlex/MobileFaceNet.onnx'}",
+    f"genderage_onnx:{MODELS / 'genderage/genderage.onnx'}",
+    f"antispoof_v2_onnx:{MODELS / 'minifasnet/MiniFASNetV2.onnx'}",
+    f"antispoof_v1se_onnx:{MODELS / 'minifasnet/MiniFASNetV1SE.onnx'}",
+    "verify_threshold:0.74",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_labels(folder: str) -> list[dict]:
+    with open(FACES / folder / "labels.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def image_b64(path: pathlib.Path) -> str:
+    import base64
+    return base64.b64encode(pathlib.Path(path).read_bytes()).decode()
+
+
+@contextlib.contextmanager
+def backend_process(env: dict | None = None, startup_timeout: float = 60.0):
+    """Starts `python -m backend` on a free port; yields (process, address)."""
+    addr = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backend", "--addr", addr],
+        cwd=ROOT, env={**os.environ, **(env or {})},
+    )
+    try:
+        channel = grpc.insecure_channel(addr)
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=1)
+                break
+            except grpc.FutureTimeoutError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"backend at {addr} did not start (exit {proc.poll()})")
+        channel.close()
+        yield proc, addr
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def stub_for(addr: str, token: str | None = None):
+    """A Backend stub on a channel with the server's 50 MB message limits."""
+    opts = [("grpc.max_send_message_length", 50 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 50 * 1024 * 1024)]
+    channel = grpc.insecure_channel(addr, options=opts)
+    return pb_grpc.BackendStub(channel), channel
+
+
+def load_model(stub, name: str = "test-pack", options=None, model_path: str = "", timeout=120):
+    return stub.LoadModel(pb.ModelOptions(Model=name, ModelPath=model_path,
+                                          Options=list(options or REAL_PACK_OPTIONS)),
+                          timeout=timeout)
