@@ -45,13 +45,18 @@ def image_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-def decode_bytes(data: bytes, field: str = "image") -> np.ndarray:
+def check_limits(data: bytes, field: str = "image") -> None:
+    """Byte and pixel limits from the header alone (the gateway checks before forwarding)."""
     if len(data) > MAX_IMAGE_BYTES:
         raise InvalidInput(f"{field} is {len(data)} bytes, over the {MAX_IMAGE_BYTES} byte limit")
     size = image_size(data)
     if size and size[0] * size[1] > MAX_IMAGE_PIXELS:
         raise InvalidInput(f"{field} is {size[0]}x{size[1]} pixels, over the "
                            f"{MAX_IMAGE_PIXELS} pixel limit")
+
+
+def decode_bytes(data: bytes, field: str = "image") -> np.ndarray:
+    check_limits(data, field)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise InvalidInput(f"{field} could not be decoded as an image (JPEG, PNG, WebP, BMP, TIFF)")

@@ -1,0 +1,25 @@
+# Set-up, tests, service and benchmarks. `make install` first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL ?= insightface-opencv
+MODELS_DIR ?= models
+DATA_DIR ?= data
+PORT ?= 8080
+
+.PHONY: install proto test run bench-accuracy bench-latency
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+
+proto:
+	$(BIN)/python proto/generate.py
+
+test:
+	$(BIN)/python -m pytest -q
+
+run:
+	$(BIN)/python -m gallery ensure $(MODEL) --models-dir $(MODELS_DIR)
+	$(BIN)/python -m gateway --models-dir $(MODELS_DIR) --data-dir $(DATA_DIR) --port $(PORT) --default-model $(MODEL)

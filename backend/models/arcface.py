@@ -1,0 +1,47 @@
+"""ArcFace-style recognizer: 112x112 aligned RGB crop in, D-dim embedding out."""
+import cv2
+import numpy as np
+
+from .align import norm_crop
+
+
+def has_embedded_normalisation(graph_first_ops: list[str]) -> bool:
+    """Some exports start with Sub/Mul nodes that normalise pixels inside the graph."""
+    return "Sub" in graph_first_ops[:3] and "Mul" in graph_first_ops[:3]
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class ArcFace:
+    taskname = "recognition"
+
+    def __init__(self, path: str, session, embedded_normalisation: bool = False):
+        self.path = path
+        self.session = session
+        inp = session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_size = int(inp.shape[2])
+        self.batchable = not isinstance(inp.shape[0], int) or inp.shape[0] != 1
+        self.output_name = session.get_outputs()[0].name
+        self.dim = int(session.get_outputs()[0].shape[-1])
+        self.mean, self.std = (0.0, 1.0) if embedded_normalisation else (127.5, 127.5)
+
+    def prepare(self, **_):
+        pass
+
+    def crop(self, img: np.ndarray, face) -> np.ndarray:
+        return norm_crop(img, face.kps, self.input_size)
+
+    def embed_crops(self, crops) -> np.ndarray:
+        """L2-normalised embeddings [N, D] of aligned crops, in one batch where the model allows."""
+        size = (self.input_size, self.input_size)
+        blob = cv2.dnn.blobFromImages(crops, 1.0 / self.std, size, (self.mean,) * 3, swapRB=True)
+        if self.batchable:
+            out = self.session.run([self.output_name], {self.input_name: blob})[0]
+        else:
+            out = np.vstack([self.session.run([self.output_name], {self.input_name: b[None]})[0]
+                             for b in blob])
+        return l2_normalise(out.reshape(len(crops), -1))

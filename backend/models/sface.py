@@ -1,0 +1,32 @@
+"""SFace recognizer through cv2.FaceRecognizerSF (the opencv engine): 128-d."""
+import threading
+
+import cv2
+import numpy as np
+
+from .arcface import l2_normalise
+from .yunet import yunet_row
+
+
+class SFace:
+    taskname = "recognition"
+
+    def __init__(self, path: str):
+        self.path = path
+        self.recognizer = cv2.FaceRecognizerSF.create(path, "")
+        self._lock = threading.Lock()  # cv2.dnn nets are not safe to run concurrently
+        with self._lock:
+            probe = self.recognizer.feature(np.zeros((112, 112, 3), np.uint8))
+        self.dim = int(probe.size)
+
+    def prepare(self, **_):
+        pass
+
+    def crop(self, img: np.ndarray, face) -> np.ndarray:
+        with self._lock:
+            return self.recognizer.alignCrop(img, yunet_row(face))
+
+    def embed_crops(self, crops) -> np.ndarray:
+        with self._lock:
+            feats = [self.recognizer.feature(c).reshape(-1) for c in crops]
+        return l2_normalise(np.vstack(feats))
