@@ -21,5 +21,5 @@ test:
 	$(BIN)/python -m pytest -q
 
 run:
-	$(BIN)/python -m gallery ensure $(MODEL) --models-dir $(MODELS_DIR)
+	$(BIN)/python -m gallery ensure $(MODEL) --models-dir $(MODELS_DIR) $(if $(GALLERY),--gallery $(GALLERY))
 	$(BIN)/python -m gateway --models-dir $(MODELS_DIR) --data-dir $(DATA_DIR) --port $(PORT) --default-model $(MODEL)

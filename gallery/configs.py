@@ -3,8 +3,10 @@
 A config names the model, the backend, the `key:value` options LoadModel gets and
 the files it uses; ModelPath for LoadModel is the models folder itself. The
 installer writes these, and a user may write one by hand for a custom pack.
+Installed configs also carry each file's SHA-256 (for `verify`) and the licence.
 """
 import dataclasses
+import os
 import pathlib
 
 import yaml
@@ -18,10 +20,25 @@ class ModelConfig:
     model: str
     files: list[str]
     path: pathlib.Path  # the YAML file
+    license: str = ""
+    file_sha256: dict[str, str] = dataclasses.field(default_factory=dict)  # by entry of `files`
 
     @property
     def models_dir(self) -> pathlib.Path:
         return self.path.parent
+
+    def used_paths(self) -> set[pathlib.Path]:
+        """Resolved paths this model reads: its files, the files its options name, its pack folder.
+
+        Options count as well as `files` so that a hand-written config that names a
+        shared file only in its options still keeps that file from being removed.
+        """
+        names = [*self.files, self.model]
+        for item in self.options:
+            key, _, value = item.partition(":")
+            if key.strip().endswith("_onnx") or key.strip() == "model_pack":
+                names.append(value.strip())
+        return {(self.models_dir / name).resolve() for name in names if name}
 
     def option(self, key: str, default: str | None = None) -> str | None:
         for item in self.options:
@@ -45,11 +62,28 @@ def read_config(path: pathlib.Path) -> ModelConfig:
     options = doc.get("options") or []
     if not isinstance(options, list) or not all(isinstance(o, str) and ":" in o for o in options):
         raise ConfigError(f"{path}: 'options' must be a list of 'key:value' strings")
-    files = [f["filename"] if isinstance(f, dict) else str(f) for f in doc.get("files") or []]
+    entries = doc.get("files") or []
+    if not all(isinstance(f, str) or (isinstance(f, dict) and f.get("filename")) for f in entries):
+        raise ConfigError(f"{path}: every entry of 'files' needs a 'filename'")
+    files = [f["filename"] if isinstance(f, dict) else str(f) for f in entries]
+    hashes = {f["filename"]: str(f["sha256"]) for f in entries if isinstance(f, dict) and f.get("sha256")}
     return ModelConfig(
         name=str(doc["name"]), backend=str(doc.get("backend", "insightface")), options=options,
         model=str((doc.get("parameters") or {}).get("model", "")), files=files, path=path,
+        license=str(doc.get("license") or ""), file_sha256=hashes,
     )
+
+
+def write_config(models_dir: pathlib.Path, name: str, *, backend: str, options: list[str],
+                 model: str, files: list[dict], license: str = "", description: str = "") -> pathlib.Path:
+    """Writes `<models_dir>/<name>.yaml` atomically: readers see the old file or the whole new one."""
+    doc = {"name": name, "description": description, "license": license, "backend": backend,
+           "options": list(options), "parameters": {"model": model}, "files": files}
+    path = pathlib.Path(models_dir) / f"{name}.yaml"
+    staging = path.with_name(f".{name}.yaml.tmp")  # not a *.yaml: never read as a config
+    staging.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    os.replace(staging, path)
+    return path
 
 
 def load_model_configs(models_dir: pathlib.Path) -> dict[str, ModelConfig]:
