@@ -5,6 +5,8 @@ import os
 import signal
 import threading
 
+import cv2
+
 from .server import make_server
 
 
@@ -16,6 +18,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # cv2.dnn warns about unsupported targets on every YuNet/SFace load: noise at normal levels.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     server = make_server(args.addr, args.workers)
     server.start()
     logging.getLogger("backend").info("face backend listening on %s", args.addr)
