@@ -3,7 +3,6 @@ import argparse
 import logging
 import os
 import signal
-import threading
 
 import cv2
 
@@ -21,13 +20,17 @@ def main(argv=None):
     # cv2.dnn warns about unsupported targets on every YuNet/SFace load: noise at normal levels.
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    # SIGTERM/SIGINT are blocked before any server thread exists (threads inherit the
+    # mask) and taken with sigwait: a Python handler that sets an Event can deadlock
+    # on the Event's lock when the signal lands while the main thread holds it.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     server = make_server(args.addr, args.workers)
     server.start()
-    logging.getLogger("backend").info("face backend listening on %s", args.addr)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    log = logging.getLogger("backend")
+    log.info("face backend listening on %s", args.addr)
+    received = signal.sigwait(stop_signals)
+    log.info("%s: stopping", signal.Signals(received).name)
     server.stop(grace=5).wait()
 
 

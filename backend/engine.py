@@ -75,10 +75,3 @@ class FaceEngine:
                 res.is_real, res.antispoof_score = self.check_liveness(img, res.face)
         return results
 
-
-def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
-    return float(1.0 - np.dot(a, b))
-
-
-def confidence(distance: float, threshold: float) -> float:
-    return float(np.clip((1.0 - distance / threshold) * 100.0, 0.0, 100.0))

@@ -10,11 +10,12 @@ import time
 import grpc
 
 from . import images
-from .engine import FaceEngine, confidence, cosine_distance
+from .engine import FaceEngine
 from .errors import FaceError, NotFound, NotReady
 from .loader import build_engine
 from .rpc import backend_pb2 as pb
 from .rpc import backend_pb2_grpc as pb_grpc
+from .similarity import confidence, cosine_distance
 
 log = logging.getLogger(__name__)
 
