@@ -1,0 +1,88 @@
+"""`python -m gateway` / `face-gateway`: serve the /v1/face API with uvicorn.
+
+Every option has an environment variable (FACE_*); a command-line option wins.
+"""
+import argparse
+import logging
+import os
+import pathlib
+
+import uvicorn
+
+from .app import create_app
+from .settings import Settings, parse_backend_spec
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_list(name: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="face-gateway", description=__doc__)
+    p.add_argument("--host", default=env("FACE_HOST", "127.0.0.1"), help="env FACE_HOST")
+    p.add_argument("--port", type=int, default=int(env("FACE_PORT", "8080")), help="env FACE_PORT")
+    p.add_argument("--models-dir", type=pathlib.Path, default=env("FACE_MODELS_DIR", "models"),
+                   help="folder of installed model configs (YAML); env FACE_MODELS_DIR")
+    p.add_argument("--data-dir", type=pathlib.Path, default=env("FACE_DATA_DIR", "data"),
+                   help="where the face registry lives; env FACE_DATA_DIR")
+    p.add_argument("--default-model", default=env("FACE_DEFAULT_MODEL"),
+                   help="model used when a request names none; env FACE_DEFAULT_MODEL")
+    p.add_argument("--backend", action="append", dest="backends",
+                   default=_env_list("FACE_BACKENDS"), metavar="NAME=HOST:PORT",
+                   help="use an already running backend for model NAME (repeatable); "
+                        "env FACE_BACKENDS, comma-separated")
+    p.add_argument("--store", action="append", dest="stores", default=None, metavar="NAME",
+                   help="a registry store name (repeatable; default local-store); "
+                        "env FACE_STORES, comma-separated")
+    p.add_argument("--allow-private-urls", action="store_true",
+                   default=_env_flag("FACE_ALLOW_PRIVATE_URLS"),
+                   help="let image URLs reach loopback, private and link-local addresses; "
+                        "env FACE_ALLOW_PRIVATE_URLS=1")
+    p.add_argument("--max-body-bytes", type=int,
+                   default=int(env("FACE_MAX_BODY_BYTES", Settings.max_body_bytes)),
+                   help="largest request body; env FACE_MAX_BODY_BYTES")
+    p.add_argument("--max-url-bytes", type=int,
+                   default=int(env("FACE_MAX_URL_BYTES", Settings.max_url_bytes)),
+                   help="largest image fetched from a URL; env FACE_MAX_URL_BYTES")
+    p.add_argument("--url-timeout", type=float,
+                   default=float(env("FACE_URL_TIMEOUT", Settings.url_timeout_s)),
+                   help="seconds allowed to fetch an image URL; env FACE_URL_TIMEOUT")
+    p.add_argument("--backend-timeout", type=float,
+                   default=float(env("FACE_BACKEND_TIMEOUT", Settings.backend_call_timeout_s)),
+                   help="deadline of each backend call in seconds; env FACE_BACKEND_TIMEOUT")
+    p.add_argument("--log-level", default=env("FACE_LOG_LEVEL", "info"), help="env FACE_LOG_LEVEL")
+    return p.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        models_dir=args.models_dir, data_dir=args.data_dir, default_model=args.default_model,
+        external_backends=dict(parse_backend_spec(spec) for spec in args.backends),
+        stores=tuple(args.stores or _env_list("FACE_STORES") or ["local-store"]),
+        allow_private_urls=args.allow_private_urls, max_body_bytes=args.max_body_bytes,
+        max_url_bytes=args.max_url_bytes, url_timeout_s=args.url_timeout,
+        backend_call_timeout_s=args.backend_timeout,
+        auth_token=os.environ.get("LOCALAI_GRPC_AUTH_TOKEN") or None)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from(args)
+    except ValueError as exc:
+        raise SystemExit(f"face-gateway: {exc}") from None
+    # A bounded graceful shutdown: requests still running after it get cut off, and the
+    # lifespan then stops the backends.
+    uvicorn.run(create_app(settings), host=args.host, port=args.port,
+                log_level=args.log_level.lower(), timeout_graceful_shutdown=30)
+
+
+if __name__ == "__main__":
+    main()

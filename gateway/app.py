@@ -1,0 +1,217 @@
+"""The ASGI app: /v1/face/* routes translated into gRPC calls, plus the registry.
+
+Routes resolve the model and store first (cheap 400/404), then turn image
+strings into base64 bytes (fetching URLs safely), then call the model's backend.
+"""
+import asyncio
+import contextlib
+import dataclasses
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from backend.errors import NotFound
+from backend.rpc import backend_pb2 as pb
+from backend.similarity import confidence
+
+from . import schemas as s
+from .backends import Backends
+from .bodylimit import BodyLimitMiddleware
+from .errors import error_response, install_error_handlers
+from .fetch import UrlFetcher
+from .images import image_b64
+from .metrics import Metrics, MetricsMiddleware
+from .settings import Settings
+from .store import Filters, Record, VectorStore, open_stores, require
+
+
+@dataclasses.dataclass
+class Gateway:
+    backends: Backends
+    stores: dict[str, VectorStore]
+    fetcher: UrlFetcher
+    metrics: Metrics
+
+    async def embedding(self, model: str, img: str, field: str = "img") -> list[float]:
+        request = pb.PredictOptions(Images=[await image_b64(img, field, self.fetcher)])
+        result = await self.backends.call(model, "Embedding", request)
+        return list(result.embeddings)
+
+
+def gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 404, 412, 413, 500, 503)}
+api = APIRouter(responses=ERRORS)
+face = dict(response_model_exclude_none=True)
+
+
+def _f(value: float) -> float:
+    """A proto float32 as the shortest decimal that reads back as it (0.74, not 0.7400000095)."""
+    return float(str(np.float32(value)))
+
+
+def _scores(scores) -> dict[str, float] | None:
+    return {key: _f(v) for key, v in scores.items()} or None
+
+
+def _area(area: pb.FacialArea) -> s.FacialArea:
+    return s.FacialArea(x=_f(area.x), y=_f(area.y), w=_f(area.w), h=_f(area.h))
+
+
+@api.post("/v1/face/verify", response_model=s.VerifyResponse, **face)
+async def verify(body: s.VerifyRequest, gw: Gateway = Depends(gateway)):
+    model = gw.backends.resolve(body.model)
+    img1, img2 = await asyncio.gather(image_b64(body.img1, "img1", gw.fetcher),
+                                      image_b64(body.img2, "img2", gw.fetcher))
+    r = await gw.backends.call(model, "FaceVerify", pb.FaceVerifyRequest(
+        img1=img1, img2=img2, threshold=body.threshold or 0.0,
+        anti_spoofing=body.anti_spoofing))
+    liveness = {}
+    if body.anti_spoofing:
+        liveness = dict(
+            img1_is_real=r.img1_is_real, img1_antispoof_score=_f(r.img1_antispoof_score),
+            img2_is_real=r.img2_is_real, img2_antispoof_score=_f(r.img2_antispoof_score))
+    return s.VerifyResponse(
+        verified=r.verified, distance=_f(r.distance), threshold=_f(r.threshold),
+        confidence=_f(r.confidence),
+        model=r.model or model, img1_area=_area(r.img1_area), img2_area=_area(r.img2_area),
+        processing_time_ms=_f(r.processing_time_ms), **liveness)
+
+
+@api.post("/v1/face/analyze", response_model=s.AnalyzeResponse, **face)
+async def analyze(body: s.AnalyzeRequest, gw: Gateway = Depends(gateway)):
+    model = gw.backends.resolve(body.model)
+    img = await image_b64(body.img, "img", gw.fetcher)
+    r = await gw.backends.call(model, "FaceAnalyze", pb.FaceAnalyzeRequest(
+        img=img, actions=body.actions or [], anti_spoofing=body.anti_spoofing))
+    # proto3 cannot tell "not computed" from zero/empty; the backend leaves what it did
+    # not compute empty, and a computed age is never exactly 0.
+    return s.AnalyzeResponse(faces=[s.FaceAnalysis(
+        region=_area(f.region), face_confidence=_f(f.face_confidence),
+        age=_f(f.age) or None,
+        dominant_gender=f.dominant_gender or None, gender=_scores(f.gender),
+        dominant_emotion=f.dominant_emotion or None, emotion=_scores(f.emotion),
+        dominant_race=f.dominant_race or None, race=_scores(f.race),
+        is_real=f.is_real if body.anti_spoofing else None,
+        antispoof_score=_f(f.antispoof_score) if body.anti_spoofing else None,
+    ) for f in r.faces])
+
+
+@api.post("/v1/face/embed", response_model=s.EmbedResponse, **face)
+async def embed(body: s.EmbedRequest, gw: Gateway = Depends(gateway)):
+    model = gw.backends.resolve(body.model)
+    vector = await gw.embedding(model, body.img)
+    return s.EmbedResponse(embedding=vector, dim=len(vector), model=model)
+
+
+@api.post("/v1/face/register", response_model=s.RegisterResponse, **face)
+async def register(body: s.RegisterRequest, gw: Gateway = Depends(gateway)):
+    model = gw.backends.resolve(body.model)
+    store = require(gw.stores, body.store)
+    record = Record.new(body.name, body.labels or {}, model, await gw.embedding(model, body.img))
+    await asyncio.to_thread(store.add, record)  # committed to disk before the 200
+    return s.RegisterResponse(id=record.id, name=record.name, registered_at=record.registered_at)
+
+
+@api.post("/v1/face/identify", response_model=s.IdentifyResponse, **face)
+async def identify(body: s.IdentifyRequest, gw: Gateway = Depends(gateway)):
+    model = gw.backends.resolve(body.model)
+    store = require(gw.stores, body.store)
+    vector = await gw.embedding(model, body.img)
+    threshold = body.threshold or gw.backends.threshold(model)
+    nearest = await asyncio.to_thread(store.search, model, vector, body.top_k)
+    matches = []
+    for rec, distance in nearest:
+        distance = _f(distance)  # the float32 the store computed, shown as such
+        matches.append(s.IdentifyMatch(
+            id=rec.id, name=rec.name, labels=rec.labels, distance=distance,
+            confidence=confidence(distance, threshold), match=distance <= threshold))
+    return s.IdentifyResponse(matches=matches)
+
+
+@api.post("/v1/face/forget", status_code=204, response_class=Response)
+async def forget(body: s.ForgetRequest, gw: Gateway = Depends(gateway)):
+    store = require(gw.stores, body.store)
+    if not await asyncio.to_thread(store.delete, body.id):
+        raise NotFound(f"no registered face has id '{body.id}'")
+    return Response(status_code=204)
+
+
+@api.get("/v1/face/registry", response_model=s.RegistryResponse, **face)
+async def registry(model: str | None = None, store: str | None = None, name: str | None = None,
+                   limit: int = Query(100, ge=1, le=s.MAX_LIST_LIMIT),
+                   offset: int = Query(0, ge=0), gw: Gateway = Depends(gateway)):
+    chosen = require(gw.stores, store)
+    filters = Filters(model=model, name=name)
+    records = await asyncio.to_thread(chosen.list, filters, limit, offset)
+    return s.RegistryResponse(total=await asyncio.to_thread(chosen.count, filters), items=[
+        s.RegistryItem(id=r.id, name=r.name, labels=r.labels, model=r.model,
+                       registered_at=r.registered_at) for r in records])
+
+
+@api.post("/v1/detection", response_model=s.DetectionResponse, **face)
+async def detection(body: s.DetectionRequest, gw: Gateway = Depends(gateway)):
+    model = gw.backends.resolve(body.model)
+    image = await image_b64(body.image, "image", gw.fetcher)
+    r = await gw.backends.call(model, "Detect", pb.DetectOptions(
+        src=image, threshold=body.threshold or 0.0))
+    return s.DetectionResponse(detections=[s.Detection(
+        x=_f(d.x), y=_f(d.y), width=_f(d.width), height=_f(d.height),
+        class_name=d.class_name or "face", confidence=_f(d.confidence)) for d in r.Detections])
+
+
+@api.get("/v1/models", response_model=s.ModelList, **face)
+async def models(gw: Gateway = Depends(gateway)):
+    return s.ModelList(data=[s.ModelInfo(**item) for item in gw.backends.describe()])
+
+
+@api.get("/healthz")
+async def healthz():
+    return {"status": "ok"}
+
+
+@api.get("/readyz")
+async def readyz(gw: Gateway = Depends(gateway)):
+    states = await gw.backends.probe()
+    failing = {name: state for name, state in states.items() if state not in ("ok", "idle")}
+    if failing:
+        return error_response(503, "backends not ready: " + "; ".join(
+            f"{name}: {state}" for name, state in failing.items()))
+    return {"status": "ready", "backends": states}
+
+
+@api.get("/metrics")
+async def metrics(gw: Gateway = Depends(gateway)):
+    return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    stores = open_stores(settings.data_dir, settings.stores)
+    backends = Backends(settings)
+    gw = Gateway(backends=backends, stores=stores,
+                 fetcher=UrlFetcher(settings.allow_private_urls, settings.max_url_bytes,
+                                    settings.url_timeout_s),
+                 metrics=Metrics(stores, backends))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        backends.start_watching()
+        try:
+            yield
+        finally:
+            await backends.close()
+            for store in stores.values():
+                store.close()
+
+    app = FastAPI(title="Face gateway", version="0.1.0", lifespan=lifespan,
+                  description="Face verification, analysis, detection and a durable face "
+                              "registry over LocalAI-compatible gRPC face backends.")
+    app.state.gateway = gw
+    app.include_router(api)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=gw.metrics)  # added last: outermost
+    return app

@@ -1,0 +1,81 @@
+"""JSON error bodies for every failure the gateway answers.
+
+Status codes come from backend/errors.py: a FaceError (raised here or rebuilt
+from a backend's gRPC status) maps through http_status_for, and HTTP-only
+statuses (413, unknown routes) take their `type` from HTTP_ERROR_TYPES.
+"""
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from backend.errors import HTTP_ERROR_TYPES, FaceError, http_status_for
+
+log = logging.getLogger("gateway")
+
+
+class ApiError(Exception):
+    """A failure whose HTTP status has no gRPC counterpart (413, 400 on gateway-only input)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def error_type(status: int) -> str:
+    # Statuses PROTOCOL.md names no type for (405, ...) are the client's mistake or ours.
+    return HTTP_ERROR_TYPES.get(status, "invalid_request" if status < 500 else "internal")
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": status, "message": message, "type": error_type(status)}},
+                        status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query")]
+        if err.get("type") == "json_invalid":
+            parts.append(f"malformed JSON: {err.get('ctx', {}).get('error', err.get('msg'))}")
+        elif not loc:  # the body as a whole: not JSON-typed, or not an object
+            parts.append("the request body must be a JSON object sent with "
+                         "Content-Type: application/json")
+        elif err.get("type") == "missing":
+            parts.append(f"{'.'.join(loc)} is required")
+        else:  # a validator's own message without pydantic's "Value error, " prefix
+            msg = err.get("ctx", {}).get("error") if err.get("type") == "value_error" else None
+            parts.append(f"{'.'.join(loc)}: {msg or err.get('msg')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_face_error(_: Request, exc: FaceError):
+        return error_response(http_status_for(exc.grpc_code)[0], str(exc))
+
+    async def on_api_error(_: Request, exc: ApiError):
+        return error_response(exc.status, str(exc))
+
+    async def on_validation(_: Request, exc: RequestValidationError):
+        # Clients rely on 400 for bad input (PROTOCOL section 2), not FastAPI's 422.
+        return error_response(400, _validation_message(exc))
+
+    async def on_http(request: Request, exc: HTTPException):
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return error_response(exc.status_code, message)
+
+    async def on_unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, f"internal error: {type(exc).__name__}")
+
+    app.add_exception_handler(FaceError, on_face_error)
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

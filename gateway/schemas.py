@@ -1,0 +1,208 @@
+"""Request and response bodies of the /v1/face API (PROTOCOL.md section 2).
+
+Field names are those of the gRPC messages. Optional response fields are None
+when not computed and dropped from the JSON (routes use response_model_exclude_none).
+"""
+from pydantic import BaseModel, Field, field_validator
+
+MAX_LABELS = 32
+MAX_LABEL_KEY = 64
+MAX_LABEL_VALUE = 256
+MAX_NAME = 256
+MAX_TOP_K = 1000
+MAX_LIST_LIMIT = 1000
+
+ModelField = Field(None, description="installed model name; omitted: the gateway's default model")
+StoreField = Field(None, description="configured store name; omitted: local-store")
+ImageDoc = "http(s) URL, data: URI or bare base64 image bytes"
+
+
+# -- requests -------------------------------------------------------------------
+
+class VerifyRequest(BaseModel):
+    model: str | None = ModelField
+    img1: str = Field(description=ImageDoc)
+    img2: str = Field(description=ImageDoc)
+    threshold: float | None = Field(None, ge=0, description="cosine distance; 0 or omitted: "
+                                                            "the model's default")
+    anti_spoofing: bool = False
+
+
+class AnalyzeRequest(BaseModel):
+    model: str | None = ModelField
+    img: str = Field(description=ImageDoc)
+    actions: list[str] | None = Field(None, description="attributes to compute (age, gender); "
+                                                        "omitted or empty: all supported")
+    anti_spoofing: bool = False
+
+
+class EmbedRequest(BaseModel):
+    model: str | None = ModelField
+    img: str = Field(description=ImageDoc)
+
+
+class RegisterRequest(BaseModel):
+    model: str | None = ModelField
+    img: str = Field(description=ImageDoc)
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    labels: dict[str, str] | None = Field(
+        None, description=f"at most {MAX_LABELS} labels; keys up to {MAX_LABEL_KEY} and "
+                          f"values up to {MAX_LABEL_VALUE} characters")
+    store: str | None = StoreField
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("name must not be blank")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _bounded_labels(cls, labels: dict[str, str] | None) -> dict[str, str] | None:
+        if labels is None:
+            return None
+        if len(labels) > MAX_LABELS:
+            raise ValueError(f"at most {MAX_LABELS} labels are allowed, got {len(labels)}")
+        for key, value in labels.items():
+            if not key or len(key) > MAX_LABEL_KEY:
+                raise ValueError(f"label keys must be 1 to {MAX_LABEL_KEY} characters")
+            if len(value) > MAX_LABEL_VALUE:
+                raise ValueError(f"label '{key}' is longer than {MAX_LABEL_VALUE} characters")
+        return labels
+
+
+class IdentifyRequest(BaseModel):
+    model: str | None = ModelField
+    img: str = Field(description=ImageDoc)
+    top_k: int = Field(5, ge=1, le=MAX_TOP_K)
+    threshold: float | None = Field(None, ge=0, description="cosine distance; 0 or omitted: "
+                                                            "the model's default")
+    store: str | None = StoreField
+
+
+class ForgetRequest(BaseModel):
+    id: str = Field(min_length=1)
+    store: str | None = StoreField
+
+
+class DetectionRequest(BaseModel):
+    model: str | None = ModelField
+    image: str = Field(description=ImageDoc)
+    threshold: float | None = Field(None, ge=0, le=1, description="lowest confidence returned")
+
+
+# -- responses ------------------------------------------------------------------
+
+class FacialArea(BaseModel):
+    x: float
+    y: float
+    w: float
+    h: float
+
+
+class VerifyResponse(BaseModel):
+    verified: bool
+    distance: float
+    threshold: float
+    confidence: float
+    model: str
+    img1_area: FacialArea
+    img2_area: FacialArea
+    processing_time_ms: float
+    img1_is_real: bool | None = None
+    img1_antispoof_score: float | None = None
+    img2_is_real: bool | None = None
+    img2_antispoof_score: float | None = None
+
+
+class FaceAnalysis(BaseModel):
+    region: FacialArea
+    face_confidence: float
+    age: float | None = None
+    dominant_gender: str | None = None
+    gender: dict[str, float] | None = None
+    dominant_emotion: str | None = None
+    emotion: dict[str, float] | None = None
+    dominant_race: str | None = None
+    race: dict[str, float] | None = None
+    is_real: bool | None = None
+    antispoof_score: float | None = None
+
+
+class AnalyzeResponse(BaseModel):
+    faces: list[FaceAnalysis]
+
+
+class EmbedResponse(BaseModel):
+    embedding: list[float]
+    dim: int
+    model: str
+
+
+class RegisterResponse(BaseModel):
+    id: str
+    name: str
+    registered_at: str
+
+
+class IdentifyMatch(BaseModel):
+    id: str
+    name: str
+    labels: dict[str, str]
+    distance: float
+    confidence: float
+    match: bool
+
+
+class IdentifyResponse(BaseModel):
+    matches: list[IdentifyMatch]
+
+
+class Detection(BaseModel):
+    x: float
+    y: float
+    width: float
+    height: float
+    class_name: str
+    confidence: float
+
+
+class DetectionResponse(BaseModel):
+    detections: list[Detection]
+
+
+class RegistryItem(BaseModel):
+    id: str
+    name: str
+    labels: dict[str, str]
+    model: str
+    registered_at: str
+
+
+class RegistryResponse(BaseModel):
+    items: list[RegistryItem]
+    total: int
+
+
+class ModelInfo(BaseModel):
+    id: str
+    object: str = "model"
+    loaded: bool
+    pid: int | None = Field(None, description="process id of a backend the gateway started")
+    address: str | None = Field(None, description="gRPC address of the model's backend")
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelInfo]
+
+
+class ErrorDetail(BaseModel):
+    code: int
+    message: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

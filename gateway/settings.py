@@ -1,0 +1,42 @@
+"""Gateway configuration: one immutable object built by the CLI (or by tests)."""
+import dataclasses
+import pathlib
+import re
+
+STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+BACKEND_SPEC = re.compile(r"^(?P<name>[^=\s]+)=(?P<addr>[^\s=]+:\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    models_dir: pathlib.Path
+    data_dir: pathlib.Path
+    default_model: str | None = None
+    # model name -> "host:port" of a backend someone else runs
+    external_backends: dict[str, str] = dataclasses.field(default_factory=dict)
+    stores: tuple[str, ...] = ("local-store",)
+    allow_private_urls: bool = False
+    # 48 MiB keeps a two-image verify body under the 50 MB gRPC message limit.
+    max_body_bytes: int = 48 * 1024 * 1024
+    # Two fetched images, base64-encoded, must also fit one 50 MB gRPC message.
+    max_url_bytes: int = 16 * 1024 * 1024
+    url_timeout_s: float = 10.0
+    backend_call_timeout_s: float = 60.0
+    backend_start_timeout_s: float = 60.0
+    backend_load_timeout_s: float = 300.0
+    auth_token: str | None = None  # LOCALAI_GRPC_AUTH_TOKEN, given to and sent to backends
+
+    def __post_init__(self):
+        for name in self.stores:
+            if not STORE_NAME.match(name):
+                raise ValueError(f"store name {name!r}: use letters, digits, '.', '_' or '-'")
+        if not self.stores:
+            raise ValueError("at least one store must be configured")
+
+
+def parse_backend_spec(spec: str) -> tuple[str, str]:
+    """'NAME=HOST:PORT' -> (NAME, 'HOST:PORT')."""
+    m = BACKEND_SPEC.match(spec.strip())
+    if not m:
+        raise ValueError(f"--backend {spec!r}: expected NAME=HOST:PORT")
+    return m["name"], m["addr"]

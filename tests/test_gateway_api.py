@@ -1,0 +1,179 @@
+"""The HTTP surface that needs no face model: errors, validation, model/store choice,
+registry listing, forget, metrics and docs. The app runs under uvicorn in this process."""
+import httpx
+import numpy as np
+import pytest
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from gateway.store import LocalStore, Record
+from gateway_support import app_server, write_config
+from support import free_port
+
+# A port nothing listens on: the external backend of model `down` is unreachable.
+DOWN = f"127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """Two stores' worth of records written before the gateway starts."""
+    data = tmp_path_factory.mktemp("data")
+    store = LocalStore(data / "local-store.sqlite3")
+    records = []
+    for i, (name, model) in enumerate([("ann", "alpha"), ("bob", "alpha"), ("ann", "beta"),
+                                       ("cy", "alpha"), ("dee", "beta")]):
+        rec = Record.new(name, {"n": str(i)}, model, np.eye(4)[i % 4] + 0.1)
+        rec.registered_at = f"2025-01-0{1 + i // 2}T00:00:00.000Z"
+        store.add(rec)
+        records.append(rec)
+    store.close()
+    archive = LocalStore(data / "archive.sqlite3")
+    archived = Record.new("zed", {}, "alpha", np.ones(4))
+    archive.add(archived)
+    archive.close()
+    return data, sorted(records, key=lambda r: (r.registered_at, r.id)), archived
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, seeded):
+    models = tmp_path_factory.mktemp("models")
+    write_config(models, "alpha")
+    write_config(models, "beta")
+    app = create_app(Settings(models_dir=models, data_dir=seeded[0], max_body_bytes=100_000,
+                              stores=("local-store", "archive"),
+                              external_backends={"down": DOWN}))
+    with app_server(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield client
+
+
+def error_of(response, status, *words):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "type"}
+    assert body["error"]["code"] == status
+    for word in words:
+        assert word in body["error"]["message"], body
+    return body["error"]
+
+
+def test_unknown_routes_and_methods_answer_json_errors(api):
+    assert error_of(api.get("/v1/nothing"), 404, "/v1/nothing")["type"] == "not_found"
+    assert error_of(api.get("/v1/face/verify"), 405, "GET")["type"] == "invalid_request"
+
+
+def test_missing_and_mistyped_fields_are_400_naming_the_field(api):
+    err = error_of(api.post("/v1/face/verify", json={"model": "alpha", "img1": "x"}), 400, "img2")
+    assert err["type"] == "invalid_request" and "img1" not in err["message"]
+    error_of(api.post("/v1/face/register", json={"model": "alpha", "img": "x"}), 400, "name")
+    error_of(api.post("/v1/face/register", json={"img": "x", "name": "  "}), 400, "name")
+    error_of(api.post("/v1/face/identify", json={"img": "x", "top_k": "many"}), 400, "top_k")
+    error_of(api.post("/v1/face/identify", json={"img": "x", "top_k": 0}), 400, "top_k")
+    error_of(api.post("/v1/face/verify", json={"img1": "a", "img2": "b", "threshold": -1}),
+             400, "threshold")
+    error_of(api.post("/v1/detection", json={"img": "x"}), 400, "image")  # `image`, not `img`
+    error_of(api.post("/v1/face/forget", json={}), 400, "id")
+    error_of(api.post("/v1/face/embed", content=b"{not json", headers={
+        "content-type": "application/json"}), 400, "malformed JSON")
+    error_of(api.post("/v1/face/embed", json=["a list"]), 400, "body must be a JSON object")
+    error_of(api.post("/v1/face/forget", content=b'{"id": "x"}', headers={
+        "content-type": "text/plain"}), 400, "Content-Type: application/json")
+
+
+def test_labels_are_bounded(api):
+    many = {f"k{i}": "v" for i in range(33)}
+    error_of(api.post("/v1/face/register", json={"img": "x", "name": "n", "labels": many}),
+             400, "labels", "at most 32")
+    error_of(api.post("/v1/face/register", json={"img": "x", "name": "n",
+                                                 "labels": {"k": "v" * 257}}), 400, "labels")
+    error_of(api.post("/v1/face/register", json={"img": "x", "name": "n",
+                                                 "labels": {"k": 5}}), 400, "labels.k")
+
+
+def test_model_is_required_when_several_are_installed(api):
+    error_of(api.post("/v1/face/embed", json={"img": "aGVsbG8="}), 400, "model is required")
+
+
+def test_unknown_model_is_404_naming_it(api):
+    err = error_of(api.post("/v1/face/embed", json={"model": "gamma", "img": "aGVsbG8="}),
+                   404, "'gamma'", "alpha")
+    assert err["type"] == "not_found"
+
+
+def test_unknown_store_is_400(api):
+    error_of(api.post("/v1/face/identify", json={"model": "alpha", "img": "x", "store": "vault"}),
+             400, "unknown store 'vault'", "local-store")
+    error_of(api.get("/v1/face/registry", params={"store": "vault"}), 400, "vault")
+
+
+def test_bad_base64_is_400_before_any_backend(api):
+    error_of(api.post("/v1/face/embed", json={"model": "alpha", "img": ""}), 400, "img is empty")
+    models = api.get("/v1/models").json()["data"]
+    assert not any(m.get("pid") for m in models)  # no backend was started for bad input
+
+
+def test_unreachable_backend_is_503_quickly(api):
+    err = error_of(api.post("/v1/face/embed", json={"model": "down", "img": "aGVsbG8="}),
+                   503, "'down'", "unavailable")
+    assert err["type"] == "unavailable"
+    ready = api.get("/readyz")
+    error_of(ready, 503, "down")
+
+
+def test_models_lists_installed_and_external(api):
+    body = api.get("/v1/models").json()
+    assert body["object"] == "list"
+    by_id = {m["id"]: m for m in body["data"]}
+    assert set(by_id) == {"alpha", "beta", "down"}
+    assert by_id["alpha"] == {"id": "alpha", "object": "model", "loaded": False}
+    assert by_id["down"]["address"] == DOWN and by_id["down"]["loaded"] is False
+
+
+def test_registry_listing_order_filters_and_paging(api, seeded):
+    _, records, _ = seeded
+    body = api.get("/v1/face/registry").json()
+    assert body["total"] == 5
+    assert [i["id"] for i in body["items"]] == [r.id for r in records]
+    first = body["items"][0]
+    assert set(first) == {"id", "name", "labels", "model", "registered_at"}  # never the embedding
+    assert first == {"id": records[0].id, "name": records[0].name, "labels": records[0].labels,
+                     "model": records[0].model, "registered_at": records[0].registered_at}
+    page = api.get("/v1/face/registry", params={"limit": 2, "offset": 1}).json()
+    assert page["total"] == 5 and [i["id"] for i in page["items"]] == [r.id for r in records[1:3]]
+    alpha = api.get("/v1/face/registry", params={"model": "alpha"}).json()
+    assert alpha["total"] == 3 and {i["model"] for i in alpha["items"]} == {"alpha"}
+    ann = api.get("/v1/face/registry", params={"name": "ann", "model": "beta"}).json()
+    assert ann["total"] == 1 and ann["items"][0]["name"] == "ann"
+    archive = api.get("/v1/face/registry", params={"store": "archive"}).json()
+    assert archive["total"] == 1 and archive["items"][0]["name"] == "zed"
+    error_of(api.get("/v1/face/registry", params={"limit": 1001}), 400, "limit")
+    error_of(api.get("/v1/face/registry", params={"offset": -1}), 400, "offset")
+
+
+def test_forget_is_204_then_404(api, seeded):
+    victim = seeded[2].id
+    error_of(api.post("/v1/face/forget", json={"id": victim}), 404, victim)  # other store
+    response = api.post("/v1/face/forget", json={"id": victim, "store": "archive"})
+    assert response.status_code == 204 and response.content == b""
+    error_of(api.post("/v1/face/forget", json={"id": victim, "store": "archive"}), 404, victim)
+    assert api.get("/v1/face/registry", params={"store": "archive"}).json()["total"] == 0
+    assert api.get("/v1/face/registry").json()["total"] == 5
+
+
+def test_metrics_count_requests_errors_and_registry(api):
+    api.get("/healthz")
+    api.get("/v1/nowhere")
+    text = api.get("/metrics").text
+    assert 'face_gateway_requests_total{code="200",method="GET",route="/healthz"}' in text
+    assert 'face_gateway_errors_total{code="404",type="not_found"}' in text
+    assert ('face_gateway_request_duration_seconds_bucket'
+            '{le="0.005",method="GET",route="/healthz"}') in text
+    assert 'face_gateway_registry_records{model="alpha",store="local-store"}' in text
+
+
+def test_health_and_openapi_docs(api):
+    assert api.get("/healthz").json() == {"status": "ok"}
+    spec = api.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert {"VerifyRequest", "VerifyResponse", "IdentifyResponse", "ErrorResponse"} <= set(schemas)
+    assert set(schemas["RegisterRequest"]["required"]) == {"img", "name"}
+    assert api.get("/docs").status_code == 200

@@ -1,0 +1,101 @@
+"""Gateway configuration: CLI options and FACE_* variables, model choice, default thresholds."""
+import pathlib
+
+import pytest
+
+from backend.errors import InvalidInput, NotFound
+from gallery.configs import read_config
+from gateway.__main__ import parse_args, settings_from
+from gateway.backends import Backends, default_threshold
+from gateway.settings import Settings, parse_backend_spec
+from gateway_support import write_config
+
+
+def test_options_come_from_env_and_the_command_line_wins(monkeypatch, tmp_path):
+    monkeypatch.setenv("FACE_PORT", "9123")
+    monkeypatch.setenv("FACE_MODELS_DIR", str(tmp_path / "m"))
+    monkeypatch.setenv("FACE_DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("FACE_ALLOW_PRIVATE_URLS", "true")
+    monkeypatch.setenv("FACE_BACKENDS", "a=127.0.0.1:5000, b=10.0.0.2:6000")
+    monkeypatch.setenv("FACE_STORES", "local-store,staff")
+    monkeypatch.setenv("FACE_MAX_BODY_BYTES", "1234")
+    monkeypatch.setenv("LOCALAI_GRPC_AUTH_TOKEN", "tok")
+    args = parse_args(["--port", "9999", "--default-model", "a", "--backend", "c=h:1"])
+    settings = settings_from(args)
+    assert args.port == 9999 and args.host == "127.0.0.1"
+    assert settings.models_dir == pathlib.Path(tmp_path / "m")
+    assert settings.data_dir == pathlib.Path(tmp_path / "d")
+    assert settings.allow_private_urls is True and settings.max_body_bytes == 1234
+    assert settings.external_backends == {"a": "127.0.0.1:5000", "b": "10.0.0.2:6000", "c": "h:1"}
+    assert settings.stores == ("local-store", "staff")
+    assert settings.default_model == "a" and settings.auth_token == "tok"
+
+
+def test_defaults_without_env(monkeypatch):
+    for name in ("FACE_ALLOW_PRIVATE_URLS", "FACE_STORES", "FACE_BACKENDS",
+                 "LOCALAI_GRPC_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    settings = settings_from(parse_args([]))
+    assert settings.allow_private_urls is False and settings.stores == ("local-store",)
+    assert settings.external_backends == {} and settings.auth_token is None
+    assert settings.max_body_bytes == 48 * 1024 * 1024
+
+
+@pytest.mark.parametrize("spec", ["nohost", "a=host", "a=host:port", "=h:1"])
+def test_bad_backend_specs(spec):
+    with pytest.raises(ValueError, match="NAME=HOST:PORT"):
+        parse_backend_spec(spec)
+
+
+def test_bad_store_names(tmp_path):
+    with pytest.raises(ValueError, match="store name"):
+        Settings(models_dir=tmp_path, data_dir=tmp_path, stores=("../escape",))
+
+
+@pytest.mark.parametrize("options, threshold", [
+    (["engine:insightface", "verify_threshold:0.74"], 0.74),
+    (["engine:insightface", "model_pack:buffalo_l"], 0.35),
+    (["engine:insightface", "model_pack:antelopev2"], 0.35),
+    (["engine:insightface", "model_pack:buffalo_s"], 0.40),
+    (["engine:insightface", "model_pack:buffalo_sc"], 0.40),
+    (["engine:opencv", "detector_onnx:d.onnx", "recognizer_onnx:r.onnx"], 0.50),
+    (["engine:onnx_direct"], 0.50),
+    (["engine:insightface", "recognizer_onnx:custom.onnx"], 0.35),
+    ([], 0.35),
+])
+def test_default_identify_threshold(tmp_path, options, threshold):
+    assert default_threshold(read_config(write_config(tmp_path, "m", options))) == threshold
+
+
+def test_no_config_falls_back_to_035():
+    assert default_threshold(None) == 0.35
+
+
+def backends(tmp_path, names, **kw) -> Backends:
+    for name in names:
+        write_config(tmp_path / "models", name)
+    return Backends(Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data", **kw))
+
+
+def test_the_only_installed_model_is_the_default(tmp_path):
+    assert backends(tmp_path, ["solo"]).resolve(None) == "solo"
+
+
+def test_configured_default_model(tmp_path):
+    b = backends(tmp_path, ["one", "two"], default_model="two")
+    assert b.resolve(None) == "two" and b.resolve("one") == "one"
+
+
+def test_model_required_or_unknown(tmp_path):
+    b = backends(tmp_path, ["one", "two"])
+    with pytest.raises(InvalidInput, match="model is required"):
+        b.resolve(None)
+    with pytest.raises(NotFound, match="'three'.*one, two"):
+        b.resolve("three")
+    write_config(tmp_path / "models", "three")  # installed while the gateway runs
+    assert b.resolve("three") == "three"
+
+
+def test_external_backend_names_count_as_models(tmp_path):
+    b = backends(tmp_path, [], external_backends={"remote": "10.0.0.5:50051"})
+    assert b.resolve(None) == "remote" and b.names() == ["remote"]
