@@ -1,0 +1,77 @@
+"""The real pack's options, and the service's pipeline called in-process: the floor.
+
+The floor runs the backend's own RPC handlers (decode, detect, embed, reply
+building) and the gateway's own registry search, with no HTTP, no gRPC and no
+second process: what the service adds on top of it is transport.
+"""
+import pathlib
+import tempfile
+
+import numpy as np
+
+from backend.rpc import backend_pb2 as pb
+from backend.server import BackendServicer
+from gateway.store import LocalStore, Record
+
+from .datasets import MODELS
+
+PACK_NAME = "mobilefacenet-pack"
+DEFAULT_THRESHOLD = 0.74  # the pack's verify_threshold, calibrated on LFW
+
+
+def real_pack_options() -> list[str]:
+    """SCRFD-500M + MobileFaceNet + genderage + MiniFASNet from ../shared/models (absolute)."""
+    return [
+        "engine:insightface",
+        f"detector_onnx:{MODELS / 'scrfd/det_500m.onnx'}",
+        f"recognizer_onnx:{MODELS / 'recognizer-mobilefacenet-paddlex/MobileFaceNet.onnx'}",
+        f"genderage_onnx:{MODELS / 'genderage/genderage.onnx'}",
+        f"antispoof_v2_onnx:{MODELS / 'minifasnet/MiniFASNetV2.onnx'}",
+        f"antispoof_v1se_onnx:{MODELS / 'minifasnet/MiniFASNetV1SE.onnx'}",
+        f"verify_threshold:{DEFAULT_THRESHOLD}",
+    ]
+
+
+class PipelineError(Exception):
+    def __init__(self, code, details: str):
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+
+
+class _Context:
+    """What a handler needs of grpc.ServicerContext: abort() raises, as gRPC's does."""
+
+    def abort(self, code, details):
+        raise PipelineError(code, details)
+
+
+class Pipeline:
+    def __init__(self, threads: int = 0):
+        """threads 0: the backend's own default (what the service runs with)."""
+        self._servicer = BackendServicer()
+        result = self._servicer.LoadModel(pb.ModelOptions(
+            Model=PACK_NAME, Options=real_pack_options(), Threads=threads), _Context())
+        if not result.success:
+            raise SystemExit(f"in-process pipeline: {result.message}")
+        self._tmp = tempfile.TemporaryDirectory(prefix="face-bench-floor-")
+        self._store = LocalStore(pathlib.Path(self._tmp.name) / "floor.sqlite3")
+
+    def close(self) -> None:
+        self._store.close()
+        self._tmp.cleanup()
+
+    def verify(self, img1: str, img2: str) -> pb.FaceVerifyResponse:
+        return self._servicer.FaceVerify(pb.FaceVerifyRequest(img1=img1, img2=img2), _Context())
+
+    def embed(self, img: str) -> np.ndarray:
+        reply = self._servicer.Embedding(pb.PredictOptions(Images=[img]), _Context())
+        return np.asarray(reply.embeddings, np.float32)
+
+    def register(self, img: str, name: str) -> None:
+        self._store.add(Record.new(name, {}, PACK_NAME, self.embed(img)))
+
+    def identify(self, img: str, top_k: int = 5) -> list[tuple[str, float]]:
+        return [(rec.name, d) for rec, d in self._store.search(PACK_NAME, self.embed(img), top_k)]
+
+    def analyze(self, img: str) -> pb.FaceAnalyzeResponse:
+        return self._servicer.FaceAnalyze(pb.FaceAnalyzeRequest(img=img), _Context())

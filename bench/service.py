@@ -1,0 +1,115 @@
+"""The service under test: `python -m gateway` on a free loopback port, and an HTTP client.
+
+The gateway gets a temporary models folder holding one hand-written config for the
+real pack and a temporary data folder, so a run never touches an installed registry.
+"""
+import contextlib
+import dataclasses
+import json
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+
+from gallery.configs import write_config
+
+from .datasets import ROOT
+from .pipeline import PACK_NAME, real_pack_options
+
+START_TIMEOUT_S = 60.0
+# The first call starts the backend and loads the model; later calls take milliseconds.
+REQUEST_TIMEOUT_S = 300.0
+
+
+@dataclasses.dataclass
+class Reply:
+    status: int
+    body: dict
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    @property
+    def error(self) -> str:
+        return (self.body.get("error") or {}).get("message", "") if not self.ok else ""
+
+    def expect(self, what: str, *allowed: int) -> "Reply":
+        """Itself if 200 or one of the `allowed` failures; any other status ends the run."""
+        if self.ok or self.status in allowed:
+            return self
+        raise SystemExit(f"{what}: HTTP {self.status} {self.error or self.body}")
+
+
+class Service:
+    def __init__(self, base_url: str):
+        self.base_url = base_url
+        self.client = httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_S,
+                                   limits=httpx.Limits(max_connections=64))
+
+    def post(self, route: str, **fields) -> Reply:
+        return self.post_raw(route, json.dumps(fields).encode())
+
+    def post_raw(self, route: str, content: bytes) -> Reply:
+        """POSTs a ready JSON body (latency loops serialise theirs once, outside the timing)."""
+        started = time.perf_counter()
+        r = self.client.post(route, content=content, headers={"content-type": "application/json"})
+        seconds = time.perf_counter() - started
+        return Reply(r.status_code, r.json() if r.content else {}, seconds)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(base_url: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the gateway exited with code {proc.returncode} while starting")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"the gateway at {base_url} did not answer /healthz in {START_TIMEOUT_S:g} s")
+
+
+@contextlib.contextmanager
+def running_gateway(stores: tuple[str, ...] = ("local-store",)):
+    """Starts the gateway (its backend starts on the first request); yields a Service."""
+    with tempfile.TemporaryDirectory(prefix="face-bench-") as tmp:
+        models_dir, data_dir = pathlib.Path(tmp, "models"), pathlib.Path(tmp, "data")
+        models_dir.mkdir()
+        write_config(models_dir, PACK_NAME, backend="insightface", options=real_pack_options(),
+                     model="", files=[], description="real test pack from ../shared/models")
+        port = _free_port()
+        store_args = [arg for name in stores for arg in ("--store", name)]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port),
+             "--models-dir", str(models_dir), "--data-dir", str(data_dir),
+             "--default-model", PACK_NAME, "--log-level", "warning", *store_args],
+            cwd=ROOT)
+        base_url = f"http://127.0.0.1:{port}"
+        service = None
+        try:
+            _wait_healthy(base_url, proc)
+            service = Service(base_url)
+            yield service
+        finally:
+            if service is not None:
+                service.client.close()
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # the gateway stops its backend on SIGTERM
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
