@@ -136,7 +136,7 @@ def run_cell(svc: Service, route: str, bodies: list[bytes], concurrency: int,
 
 
 def cold_start(svc: Service, work: Workload) -> dict:
-    """The first verify after the gateway starts (it starts the backend) against the tenth."""
+    """The first verify after the gateway is ready against the tenth."""
     cold = [svc.post("/v1/face/verify", **work.fields["verify"][0]).expect("verify", 404).seconds
             for _ in range(COLD_REQUESTS)]
     print(f"  cold start: first verify {cold[0] * 1000:.0f} ms, "

@@ -70,21 +70,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_healthy(base_url: str, proc: subprocess.Popen) -> None:
+def _wait_ready(base_url: str, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"the gateway exited with code {proc.returncode} while starting")
         with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
                 return
         time.sleep(0.1)
-    raise SystemExit(f"the gateway at {base_url} did not answer /healthz in {START_TIMEOUT_S:g} s")
+    raise SystemExit(f"the gateway at {base_url} was not ready (/readyz) in {START_TIMEOUT_S:g} s")
 
 
 @contextlib.contextmanager
 def running_gateway(stores: tuple[str, ...] = ("local-store",)):
-    """Starts the gateway (its backend starts on the first request); yields a Service."""
+    """Starts the gateway and waits until its default model's backend is loaded; yields a Service."""
     with tempfile.TemporaryDirectory(prefix="face-bench-") as tmp:
         models_dir, data_dir = pathlib.Path(tmp, "models"), pathlib.Path(tmp, "data")
         models_dir.mkdir()
@@ -100,7 +100,7 @@ def running_gateway(stores: tuple[str, ...] = ("local-store",)):
         base_url = f"http://127.0.0.1:{port}"
         service = None
         try:
-            _wait_healthy(base_url, proc)
+            _wait_ready(base_url, proc)
             service = Service(base_url)
             yield service
         finally:

@@ -199,6 +199,9 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         backends.start_watching()
+        default = backends.default_model()
+        if default is not None:
+            backends.preload(default)
         try:
             yield
         finally:

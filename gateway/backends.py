@@ -115,6 +115,7 @@ class Backends:
         self._metadata = (("authorization", f"Bearer {settings.auth_token}"),) \
             if settings.auth_token else ()
         self._watcher: asyncio.Task | None = None
+        self._preloader: asyncio.Task | None = None
 
     # -- models ---------------------------------------------------------------
 
@@ -124,15 +125,17 @@ class Backends:
     def config(self, name: str) -> ModelConfig | None:
         return self._configs.get(name)
 
+    def default_model(self) -> str | None:
+        """The configured default model, else the only installed one, else None."""
+        names = self.names()
+        return self.settings.default_model or (names[0] if len(names) == 1 else None)
+
     def resolve(self, requested: str | None) -> str:
         """The model a request addresses: given, else the default; 400 / 404 as PROTOCOL says."""
-        name = requested or self.settings.default_model
+        name = requested or self.default_model()
         if not name:
-            names = self.names()
-            if len(names) != 1:
-                raise InvalidInput("model is required (the gateway has no default model and "
-                                   f"{len(names)} models are installed)")
-            return names[0]
+            raise InvalidInput("model is required (the gateway has no default model and "
+                               f"{len(self.names())} models are installed)")
         if name not in self.names():
             self._configs = load_model_configs(self.settings.models_dir)  # installed since start?
         if name not in self.names():
@@ -237,7 +240,8 @@ class Backends:
     async def _start(self, backend: Backend) -> None:
         await self._discard(backend)
         address = f"127.0.0.1:{_free_port()}"
-        env = dict(os.environ)
+        # The backend logs at the gateway's level unless told otherwise.
+        env = {"FACE_LOG_LEVEL": logging.getLevelName(logging.getLogger().level), **os.environ}
         if self.settings.auth_token:
             env["LOCALAI_GRPC_AUTH_TOKEN"] = self.settings.auth_token
         # Popen runs on the event loop's (main) thread: the parent-death signal set by
@@ -283,6 +287,15 @@ class Backends:
     def start_watching(self) -> None:
         self._watcher = asyncio.create_task(self._watch())
 
+    def preload(self, name: str) -> None:
+        """Starts and loads a model's backend now, so its first request is not the slow one."""
+        async def bring_up():
+            try:
+                await self._ready(name)
+            except Exception as exc:  # the first request retries and reports it
+                log.error("preloading model %s failed: %s", name, exc)
+        self._preloader = asyncio.create_task(bring_up())
+
     async def _watch(self) -> None:
         """Restarts a backend that died after serving, without waiting for the next request."""
         while True:
@@ -309,6 +322,9 @@ class Backends:
             if not backend.running:
                 states[name] = f"exited with code {backend.process.returncode}"
                 continue
+            if not backend.loaded:
+                states[name] = "loading"
+                continue
             if backend.channel is None:
                 self._connect(backend, backend.external_address)
             try:
@@ -323,10 +339,11 @@ class Backends:
         return {name: b.starts for name, b in self._backends.items() if b.managed}
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._preloader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await asyncio.gather(*(self._discard(b) for b in self._backends.values()))
 
 

@@ -54,6 +54,17 @@ def gw(tmp_path_factory):
         yield client
 
 
+def test_default_model_is_loaded_before_the_first_request(gw):
+    """Runs first in this module: no face request has been sent yet."""
+    deadline = time.monotonic() + 60
+    while (ready := gw.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+        assert "loading" in ready.json()["error"]["message"]
+        time.sleep(0.2)
+    assert ready.json()["backends"] == {MODEL: "ok"}
+    model = next(m for m in gw.get("/v1/models").json()["data"] if m["id"] == MODEL)
+    assert model["loaded"] and model["pid"] > 0
+
+
 # -- PROTOCOL section 2, field for field -------------------------------------------------------
 
 AREA = {"x": float, "y": float, "w": float, "h": float}
