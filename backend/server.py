@@ -1,5 +1,6 @@
 """The gRPC servicer: LocalAI's Backend service over a FaceEngine."""
 import functools
+from concurrent import futures
 import hmac
 import logging
 import os
@@ -13,6 +14,7 @@ from . import images
 from .engine import FaceEngine
 from .errors import FaceError, NotFound, NotReady
 from .loader import build_engine
+from .models.session import IN_FLIGHT
 from .rpc import backend_pb2 as pb
 from .rpc import backend_pb2_grpc as pb_grpc
 from .similarity import confidence, cosine_distance
@@ -54,7 +56,8 @@ def face_rpc(method):
             if identity and identity != engine.name:
                 raise NotFound(f"model identity mismatch: asked for {identity!r}, "
                                f"loaded {engine.name!r}")
-            return method(self, engine, request, started)
+            with IN_FLIGHT:
+                return method(self, engine, request, started)
         except FaceError as exc:
             code = exc.grpc_code
             context.abort(code, str(exc))
@@ -149,7 +152,6 @@ class BackendServicer(pb_grpc.BackendServicer):
 
 
 def make_server(addr: str, workers: int | None = None) -> grpc.Server:
-    from concurrent import futures
     token = os.environ.get(AUTH_ENV, "")
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers or max(4, 2 * (os.cpu_count() or 1))),
