@@ -39,7 +39,8 @@ class Gateway:
         return list(result.embeddings)
 
 
-def gateway(request: Request) -> Gateway:
+async def gateway(request: Request) -> Gateway:
+    # async: a plain def dependency is run on a worker thread, a hand-off on every request
     return request.app.state.gateway
 
 
