@@ -5,6 +5,7 @@ real pack and a temporary data folder, so a run never touches an installed regis
 """
 import contextlib
 import dataclasses
+import http.client
 import json
 import pathlib
 import signal
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import httpx
@@ -48,20 +50,51 @@ class Reply:
 
 
 class Service:
+    """A keep-alive HTTP/1.1 connection per calling thread.
+
+    http.client rather than httpx: on this machine httpx added about 6 ms to each
+    40 KB verify POST (33 ms against 27 ms), which would be billed to the service.
+    """
+
     def __init__(self, base_url: str):
         self.base_url = base_url
-        self.client = httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_S,
-                                   limits=httpx.Limits(max_connections=64))
+        self._host, _, port = base_url.removeprefix("http://").partition(":")
+        self._port = int(port)
+        self._local = threading.local()
+        self._connections: list[http.client.HTTPConnection] = []
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if not hasattr(self._local, "conn"):
+            self._local.conn = http.client.HTTPConnection(self._host, self._port,
+                                                          timeout=REQUEST_TIMEOUT_S)
+            self._connections.append(self._local.conn)
+        return self._local.conn
 
     def post(self, route: str, **fields) -> Reply:
         return self.post_raw(route, json.dumps(fields).encode())
 
     def post_raw(self, route: str, content: bytes) -> Reply:
         """POSTs a ready JSON body (latency loops serialise theirs once, outside the timing)."""
-        started = time.perf_counter()
-        r = self.client.post(route, content=content, headers={"content-type": "application/json"})
+        for attempt in (1, 2):
+            conn = self._connection()
+            started = time.perf_counter()
+            try:
+                conn.request("POST", route, body=content,
+                             headers={"content-type": "application/json"})
+                response = conn.getresponse()
+                data = response.read()
+                break
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                # The server closed a connection that sat idle past its keep-alive timeout.
+                conn.close()
+                if attempt == 2:
+                    raise
         seconds = time.perf_counter() - started
-        return Reply(r.status_code, r.json() if r.content else {}, seconds)
+        return Reply(response.status, json.loads(data) if data else {}, seconds)
+
+    def close(self) -> None:
+        for conn in self._connections:
+            conn.close()
 
 
 def _free_port() -> int:
@@ -105,7 +138,7 @@ def running_gateway(stores: tuple[str, ...] = ("local-store",)):
             yield service
         finally:
             if service is not None:
-                service.client.close()
+                service.close()
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)  # the gateway stops its backend on SIGTERM
                 try:
