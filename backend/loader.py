@@ -1,4 +1,5 @@
 """LoadModel: ModelOptions (Model, ModelPath, `key:value` Options) -> FaceEngine."""
+import contextlib
 import logging
 import os
 import pathlib
@@ -6,13 +7,14 @@ import pathlib
 import cv2
 import numpy as np
 
+from . import images
 from .engine import FaceEngine
 from .errors import ModelLoadError
 from .models import ArcFace, GenderAge, MiniFASNet, SCRFD, get_model
 from .models.face import Face
 from .models.minifasnet import LivenessEnsemble
 from .models.sface import SFace
-from .models.session import SessionFactory
+from .models.session import IN_FLIGHT, SessionFactory
 from .models.yunet import YuNet
 
 log = logging.getLogger(__name__)
@@ -156,17 +158,27 @@ def _default_threshold(engine: str, recognizer_stem: str) -> float:
 
 
 def warm_up(engine: FaceEngine) -> None:
-    """One pass through every model, so the first request is not the slow one."""
-    img = np.full((256, 256, 3), 127, np.uint8)
-    engine.detector.detect(img, 0.99)
+    """Every model and the image decoder once, so the first request is not the slow one.
+
+    Twice: once as a lone request and once as if others overlapped it, which
+    warms both sessions of each model (see AdaptiveSession).
+    """
+    ok, jpeg = cv2.imencode(".jpg", np.full((256, 256, 3), 127, np.uint8))
+    img = images.decode_bytes(jpeg.tobytes(), "warm-up image")
+    big = np.full((900, 900, 3), 127, np.uint8)
     kps = np.array([[90, 110], [166, 110], [128, 145], [97, 185], [159, 185]], np.float32)
     face = Face(np.array([48, 48, 208, 208], np.float32), 1.0, kps)
-    engine.recognizer.embed_crops([engine.recognizer.crop(img, face)] * 2)
-    if engine.genderage is not None:
-        engine.genderage.get(img, [face])
-    if engine.liveness is not None:
-        big = np.full((900, 900, 3), 127, np.uint8)
-        engine.liveness.check(big, Face(face.box + 320, 1.0, kps + 320))
+    for overlapping in (False, True):
+        with contextlib.ExitStack() as gauge:
+            if overlapping:
+                gauge.enter_context(IN_FLIGHT)
+                gauge.enter_context(IN_FLIGHT)
+            engine.detector.detect(img, 0.99)
+            engine.recognizer.embed_crops([engine.recognizer.crop(img, face)])
+            if engine.genderage is not None:
+                engine.genderage.get(img, [face])
+            if engine.liveness is not None:
+                engine.liveness.check(big, Face(face.box + 320, 1.0, kps + 320))
 
 
 def build_engine(name: str, model_path: str, option_items, cuda: bool = False,

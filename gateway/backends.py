@@ -8,6 +8,7 @@ by someone else instead. Every call has a deadline, so no request waits forever
 on a backend.
 """
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import logging
@@ -16,9 +17,12 @@ import socket
 import subprocess
 import sys
 
+import cv2
 import grpc
+import numpy as np
 
 from backend.errors import FaceError, InvalidInput, NotFound
+from backend.images import check_limits
 from backend.rpc import backend_pb2 as pb
 from backend.rpc import backend_pb2_grpc as pb_grpc
 from gallery.configs import ModelConfig, load_model_configs
@@ -288,10 +292,15 @@ class Backends:
         self._watcher = asyncio.create_task(self._watch())
 
     def preload(self, name: str) -> None:
-        """Starts and loads a model's backend now, so its first request is not the slow one."""
+        """Starts and loads a model's backend now, and sends it one image, so that the first
+        request is not the slow one (the first image check and call each cost milliseconds)."""
         async def bring_up():
             try:
                 await self._ready(name)
+                ok, jpeg = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))
+                check_limits(jpeg.tobytes(), "warm-up image")
+                await self.call(name, "Detect", pb.DetectOptions(
+                    src=base64.b64encode(jpeg.tobytes()).decode("ascii")))
             except Exception as exc:  # the first request retries and reports it
                 log.error("preloading model %s failed: %s", name, exc)
         self._preloader = asyncio.create_task(bring_up())
