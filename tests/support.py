@@ -13,11 +13,8 @@ import pytest
 
 from backend.rpc import backend_pb2 as pb
 from backend.rpc import backend_pb2_grpc as pb_grpc
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-MODELS = SHARED / "models"
-FACES = SHARED / "faces"
+from bench.datasets import FACES, MODELS, ROOT, SHARED  # noqa: F401  (re-exported for tests)
+from bench.pipeline import real_pack_options
 
 needs_shared = pytest.mark.skipif(
     not (MODELS / "MANIFEST.tsv").exists(),
@@ -25,15 +22,7 @@ needs_shared = pytest.mark.skipif(
 )
 
 # The complete real test pack assembled from ../shared/models.
-REAL_PACK_OPTIONS = [
-    "engine:insightface",
-    f"detector_onnx:{MODELS / 'scrfd/det_500m.onnx'}",
-    f"recognizer_onnx:{MODELS / 'recognizer-mobilefacenet-paddlex/MobileFaceNet.onnx'}",
-    f"genderage_onnx:{MODELS / 'genderage/genderage.onnx'}",
-    f"antispoof_v2_onnx:{MODELS / 'minifasnet/MiniFASNetV2.onnx'}",
-    f"antispoof_v1se_onnx:{MODELS / 'minifasnet/MiniFASNetV1SE.onnx'}",
-    "verify_threshold:0.74",
-]
+REAL_PACK_OPTIONS = real_pack_options()
 
 
 def free_port() -> int:
