@@ -9,7 +9,6 @@ import http.client
 import json
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import time
 import httpx
 
 from gallery.configs import write_config
+from gateway.backends import free_port
 
 from .datasets import ROOT
 from .pipeline import PACK_NAME, real_pack_options
@@ -97,22 +97,29 @@ class Service:
             conn.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(base_url: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+def wait_until_ok(base_url: str, route: str, proc: subprocess.Popen | None = None,
+                  timeout: float = START_TIMEOUT_S) -> None:
+    """Polls GET `route` until it answers 200; fails early if `proc` (the server) exits."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the gateway exited with code {proc.returncode} while starting")
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode} while starting")
         with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{base_url}{route}", timeout=1).status_code == 200:
                 return
         time.sleep(0.1)
-    raise SystemExit(f"the gateway at {base_url} was not ready (/readyz) in {START_TIMEOUT_S:g} s")
+    raise RuntimeError(f"{base_url}{route} did not answer 200 within {timeout:g} s")
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM (the gateway and the backend stop cleanly on it), SIGKILL after `grace` s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @contextlib.contextmanager
@@ -123,7 +130,7 @@ def running_gateway(stores: tuple[str, ...] = ("local-store",)):
         models_dir.mkdir()
         write_config(models_dir, PACK_NAME, backend="insightface", options=real_pack_options(),
                      model="", files=[], description="real test pack from ../shared/models")
-        port = _free_port()
+        port = free_port()
         store_args = [arg for name in stores for arg in ("--store", name)]
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port),
@@ -133,16 +140,10 @@ def running_gateway(stores: tuple[str, ...] = ("local-store",)):
         base_url = f"http://127.0.0.1:{port}"
         service = None
         try:
-            _wait_ready(base_url, proc)
+            wait_until_ok(base_url, "/readyz", proc)  # the default model is loaded
             service = Service(base_url)
             yield service
         finally:
             if service is not None:
                 service.close()
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)  # the gateway stops its backend on SIGTERM
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)  # the gateway stops its backend on SIGTERM

@@ -73,7 +73,8 @@ def default_threshold(config: ModelConfig | None) -> float:
     return PACK_THRESHOLDS.get(config.option("model_pack", "buffalo_l"), FALLBACK_THRESHOLD)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free right now (for backends the gateway starts, and for tests)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -243,7 +244,7 @@ class Backends:
 
     async def _start(self, backend: Backend) -> None:
         await self._discard(backend)
-        address = f"127.0.0.1:{_free_port()}"
+        address = f"127.0.0.1:{free_port()}"
         # The backend logs at the gateway's level unless told otherwise.
         env = {"FACE_LOG_LEVEL": logging.getLevelName(logging.getLogger().level), **os.environ}
         if self.settings.auth_token:

@@ -3,7 +3,6 @@ import contextlib
 import http.server
 import os
 import pathlib
-import signal
 import struct
 import subprocess
 import sys
@@ -11,10 +10,10 @@ import threading
 import time
 import zlib
 
-import httpx
 import uvicorn
 import yaml
 
+from bench.service import stop_process, wait_until_ok
 from support import REAL_PACK_OPTIONS, ROOT, free_port
 
 
@@ -28,18 +27,6 @@ def write_config(models_dir: pathlib.Path, name: str = "test-pack", options=None
     return path
 
 
-def wait_healthy(base_url: str, proc: subprocess.Popen | None = None, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with code {proc.returncode}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"gateway at {base_url} did not answer /healthz within {timeout} s")
-
-
 @contextlib.contextmanager
 def gateway_process(models_dir, data_dir, *args: str, env: dict | None = None):
     """`python -m gateway` on a free port; yields (process, base URL); stops it (SIGTERM) after."""
@@ -51,16 +38,10 @@ def gateway_process(models_dir, data_dir, *args: str, env: dict | None = None):
         cwd=ROOT, env={**os.environ, **(env or {})})
     base_url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(base_url, proc)
+        wait_until_ok(base_url, "/healthz", proc)
         yield proc, base_url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 @contextlib.contextmanager
@@ -72,7 +53,7 @@ def app_server(app):
     thread.start()
     base_url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(base_url)
+        wait_until_ok(base_url, "/healthz")
         yield base_url
     finally:
         server.should_exit = True

@@ -3,7 +3,6 @@ import contextlib
 import csv
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from backend.rpc import backend_pb2 as pb
 from backend.rpc import backend_pb2_grpc as pb_grpc
 from bench.datasets import FACES, MODELS, ROOT, SHARED  # noqa: F401  (re-exported for tests)
 from bench.pipeline import real_pack_options
+from bench.service import stop_process
+from gateway.backends import free_port  # noqa: F401  (re-exported for tests)
 
 needs_shared = pytest.mark.skipif(
     not (MODELS / "MANIFEST.tsv").exists(),
@@ -23,12 +24,6 @@ needs_shared = pytest.mark.skipif(
 
 # The complete real test pack assembled from ../shared/models.
 REAL_PACK_OPTIONS = real_pack_options()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_labels(folder: str) -> list[dict]:
@@ -62,16 +57,10 @@ def backend_process(env: dict | None = None, startup_timeout: float = 60.0):
         channel.close()
         yield proc, addr
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, grace=15)
 
 
-def stub_for(addr: str, token: str | None = None):
+def stub_for(addr: str):
     """A Backend stub on a channel with the server's 50 MB message limits."""
     opts = [("grpc.max_send_message_length", 50 * 1024 * 1024),
             ("grpc.max_receive_message_length", 50 * 1024 * 1024)]

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from backend.rpc import backend_pb2 as pb
-from support import (FACES, MODELS, REAL_PACK_OPTIONS, backend_process, image_b64, load_model,
+from support import (FACES, backend_process, image_b64, load_model,
                      needs_shared, read_labels, stub_for)
 
 pytestmark = needs_shared
