@@ -4,10 +4,11 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY proto proto
+COPY face_contract face_contract
 COPY backend backend
 COPY gateway gateway
 COPY gallery gallery
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir '.[backend]'
 ENV FACE_MODELS_DIR=/models FACE_DATA_DIR=/data
 VOLUME ["/models", "/data"]
 EXPOSE 8080

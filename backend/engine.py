@@ -3,7 +3,7 @@ import dataclasses
 
 import numpy as np
 
-from .errors import InvalidInput, NoFace, NotReady
+from face_contract.errors import InvalidInput, NoFace, NotReady
 from .models.face import Face, by_area, clip_to_image
 
 SUPPORTED_ACTIONS = ("age", "gender")

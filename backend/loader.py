@@ -9,7 +9,7 @@ import numpy as np
 
 from . import images
 from .engine import FaceEngine
-from .errors import ModelLoadError
+from face_contract.errors import ModelLoadError
 from .models import ArcFace, GenderAge, MiniFASNet, SCRFD, get_model
 from .models.face import Face
 from .models.minifasnet import LivenessEnsemble

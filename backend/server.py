@@ -12,12 +12,12 @@ import grpc
 
 from . import images
 from .engine import FaceEngine
-from .errors import FaceError, NotFound, NotReady
+from face_contract.errors import FaceError, NotFound, NotReady
 from .loader import build_engine
 from .models.session import IN_FLIGHT
-from .rpc import backend_pb2 as pb
-from .rpc import backend_pb2_grpc as pb_grpc
-from .similarity import confidence, cosine_distance
+from face_contract.rpc import backend_pb2 as pb
+from face_contract.rpc import backend_pb2_grpc as pb_grpc
+from face_contract.similarity import confidence, cosine_distance
 
 log = logging.getLogger(__name__)
 

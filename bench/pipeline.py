@@ -9,7 +9,7 @@ import tempfile
 
 import numpy as np
 
-from backend.rpc import backend_pb2 as pb
+from face_contract.rpc import backend_pb2 as pb
 from backend.server import BackendServicer
 from gateway.store import LocalStore, Record
 

@@ -11,9 +11,9 @@ import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from backend.errors import NotFound
-from backend.rpc import backend_pb2 as pb
-from backend.similarity import confidence
+from face_contract.errors import NotFound
+from face_contract.rpc import backend_pb2 as pb
+from face_contract.similarity import confidence
 
 from . import schemas as s
 from .backends import Backends

@@ -11,20 +11,20 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import io
 import logging
 import os
 import socket
 import subprocess
 import sys
 
-import cv2
 import grpc
-import numpy as np
+from PIL import Image
 
-from backend.errors import FaceError, InvalidInput, NotFound
-from backend.images import check_limits
-from backend.rpc import backend_pb2 as pb
-from backend.rpc import backend_pb2_grpc as pb_grpc
+from face_contract.errors import FaceError, InvalidInput, NotFound
+from face_contract.images import check_limits
+from face_contract.rpc import backend_pb2 as pb
+from face_contract.rpc import backend_pb2_grpc as pb_grpc
 from gallery.configs import ModelConfig, load_model_configs
 
 from .settings import Settings
@@ -298,10 +298,11 @@ class Backends:
         async def bring_up():
             try:
                 await self._ready(name)
-                ok, jpeg = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))
-                check_limits(jpeg.tobytes(), "warm-up image")
+                jpeg = io.BytesIO()
+                Image.new("RGB", (64, 64)).save(jpeg, "JPEG")
+                check_limits(jpeg.getvalue(), "warm-up image")
                 await self.call(name, "Detect", pb.DetectOptions(
-                    src=base64.b64encode(jpeg.tobytes()).decode("ascii")))
+                    src=base64.b64encode(jpeg.getvalue()).decode("ascii")))
             except Exception as exc:  # the first request retries and reports it
                 log.error("preloading model %s failed: %s", name, exc)
         self._preloader = asyncio.create_task(bring_up())

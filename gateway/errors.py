@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from backend.errors import HTTP_ERROR_TYPES, FaceError, http_status_for
+from face_contract.errors import HTTP_ERROR_TYPES, FaceError, http_status_for
 
 log = logging.getLogger("gateway")
 

@@ -13,7 +13,7 @@ import urllib.parse
 
 import httpx
 
-from backend.errors import InvalidInput
+from face_contract.errors import InvalidInput
 
 REDIRECTS = {301, 302, 303, 307, 308}
 

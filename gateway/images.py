@@ -1,13 +1,13 @@
 """Request image strings (URL, data URI, bare base64) -> base64 bytes for the backend.
 
 Limits are checked here, from the image header, so an oversized image gets its
-400 before it travels to a backend; decoding itself stays in backend/images.py.
+400 before it travels to a backend; decoding itself is the backend's.
 """
 import base64
 import re
 
-from backend.errors import InvalidInput
-from backend.images import b64_to_bytes, check_limits
+from face_contract.errors import InvalidInput
+from face_contract.images import b64_to_bytes, check_limits
 
 from .fetch import UrlFetcher
 

@@ -15,7 +15,7 @@ import uuid
 
 import numpy as np
 
-from backend.errors import FaceError, InvalidInput, NotReady
+from face_contract.errors import FaceError, InvalidInput, NotReady
 
 
 @dataclasses.dataclass

@@ -1,8 +1,8 @@
 """Regenerate the Python gRPC stubs for proto/backend.proto.
 
-protoc writes `import backend_pb2`; the stubs live inside the `backend.rpc`
+protoc writes `import backend_pb2`; the stubs live inside the `face_contract.rpc`
 package, so that one import is rewritten to a relative one. Run as
-`python proto/generate.py [OUT_DIR]` (default: backend/rpc).
+`python proto/generate.py [OUT_DIR]` (default: face_contract/rpc).
 """
 import pathlib
 import sys
@@ -28,4 +28,4 @@ def generate(out_dir: pathlib.Path) -> None:
 
 
 if __name__ == "__main__":
-    generate(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "backend" / "rpc")
+    generate(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "face_contract" / "rpc")

@@ -10,8 +10,8 @@ import time
 import grpc
 import pytest
 
-from backend.rpc import backend_pb2 as pb
-from backend.rpc import backend_pb2_grpc as pb_grpc
+from face_contract.rpc import backend_pb2 as pb
+from face_contract.rpc import backend_pb2_grpc as pb_grpc
 from bench.datasets import FACES, MODELS, ROOT, SHARED  # noqa: F401  (re-exported for tests)
 from bench.pipeline import real_pack_options
 from bench.service import stop_process

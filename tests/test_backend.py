@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.rpc import backend_pb2 as pb
+from face_contract.rpc import backend_pb2 as pb
 from support import (FACES, backend_process, image_b64, load_model,
                      needs_shared, read_labels, stub_for)
 

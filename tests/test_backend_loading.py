@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from backend.rpc import backend_pb2 as pb
+from face_contract.rpc import backend_pb2 as pb
 from standins import build_arcface512_standin, build_sface_standin
 from support import (FACES, MODELS, ROOT, backend_process, free_port, image_b64, load_model,
                      needs_shared, stub_for)

@@ -512,7 +512,7 @@ def first_same_pair() -> tuple[pathlib.Path, pathlib.Path]:
 
 
 def verify_pair_with(stub, config, models_dir: pathlib.Path):
-    from backend.rpc import backend_pb2 as pb
+    from face_contract.rpc import backend_pb2 as pb
     result = stub.LoadModel(pb.ModelOptions(Model=config.name, ModelPath=str(models_dir),
                                             Options=config.options), timeout=120)
     assert result.success, result.message

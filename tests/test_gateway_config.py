@@ -3,7 +3,7 @@ import pathlib
 
 import pytest
 
-from backend.errors import InvalidInput, NotFound
+from face_contract.errors import InvalidInput, NotFound
 from gallery.configs import read_config
 from gateway.__main__ import parse_args, settings_from
 from gateway.backends import Backends, default_threshold

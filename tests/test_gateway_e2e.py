@@ -14,7 +14,7 @@ import grpc
 import httpx
 import pytest
 
-from backend.rpc import backend_pb2 as pb
+from face_contract.rpc import backend_pb2 as pb
 from gateway_support import (gateway_process, image_server, png_header_only, wait_gone,
                              write_config)
 from support import FACES, backend_process, needs_shared, read_labels, stub_for

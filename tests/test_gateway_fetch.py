@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from backend.errors import InvalidInput
+from face_contract.errors import InvalidInput
 from gateway.fetch import UrlFetcher, address_refusal
 from gateway_support import image_server
 

@@ -5,7 +5,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from backend.errors import FaceError, InvalidInput, NotReady
+from face_contract.errors import FaceError, InvalidInput, NotReady
 from gateway.store import Filters, LocalStore, Record, open_stores, require
 
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -80,8 +80,8 @@ print("spec client ok")
 def test_checked_in_stubs_match_the_proto(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "proto" / "generate.py"), str(tmp_path)], check=True)
     for name in ("backend_pb2.py", "backend_pb2_grpc.py"):
-        assert filecmp.cmp(tmp_path / name, ROOT / "backend" / "rpc" / name, shallow=False), (
-            f"backend/rpc/{name} is stale: run `make proto`")
+        assert filecmp.cmp(tmp_path / name, ROOT / "face_contract" / "rpc" / name, shallow=False), (
+            f"face_contract/rpc/{name} is stale: run `make proto`")
 
 
 @needs_shared

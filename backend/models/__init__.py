@@ -3,7 +3,7 @@ import os
 
 import onnx
 
-from ..errors import ModelLoadError
+from face_contract.errors import ModelLoadError
 from .arcface import ArcFace, has_embedded_normalisation
 from .genderage import GenderAge
 from .minifasnet import MiniFASNet

@@ -7,7 +7,7 @@ models are averaged; class 1 is a real face.
 import cv2
 import numpy as np
 
-from ..errors import InvalidInput
+from face_contract.errors import InvalidInput
 from .face import Face
 
 REAL_CLASS = 1
