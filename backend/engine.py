@@ -5,6 +5,7 @@ import numpy as np
 
 from face_contract.errors import InvalidInput, NoFace, NotReady
 from .models.face import Face, by_area, clip_to_image
+from .models.minifasnet import is_greyscale
 
 SUPPORTED_ACTIONS = ("age", "gender")
 KNOWN_ACTIONS = SUPPORTED_ACTIONS + ("emotion", "race")
@@ -51,19 +52,29 @@ class FaceEngine:
         crops = [self.recognizer.crop(img, face) for img, face in zip(images, faces)]
         return faces, self.recognizer.embed_crops(crops)
 
-    def check_liveness(self, img: np.ndarray, face: Face) -> tuple[bool, float]:
+    def liveness_ready(self, img: np.ndarray, field: str) -> None:
+        """Liveness can judge this image: its weights are loaded and the image has colour."""
         if self.liveness is None:
             raise NotReady("anti_spoofing needs the MiniFASNet weights: load the model with "
                            "antispoof_v2_onnx:<MiniFASNetV2.onnx> and "
                            "antispoof_v1se_onnx:<MiniFASNetV1SE.onnx>")
-        return self.liveness.check(img, face)
+        if is_greyscale(img):
+            raise InvalidInput(f"liveness needs a colour image: {field} is greyscale, and on "
+                               "greyscale every real face would score as a spoof")
+
+    def check_liveness(self, img: np.ndarray, face: Face, field: str) -> tuple[bool, float]:
+        self.liveness_ready(img, field)
+        try:
+            return self.liveness.check(img, face)
+        except InvalidInput as exc:  # a crop too tight: say which image
+            raise InvalidInput(f"{field}: {exc}") from None
 
     def analyze(self, img: np.ndarray, actions: list[str], anti_spoofing: bool) -> list[FaceAttributes]:
         unknown = [a for a in actions if a not in KNOWN_ACTIONS]
         if unknown:
             raise InvalidInput(f"unknown actions {unknown}: use any of {list(KNOWN_ACTIONS)}")
-        if anti_spoofing and self.liveness is None:
-            self.check_liveness(img, None)  # raises the precondition error
+        if anti_spoofing:  # refused up front, even when no face is found
+            self.liveness_ready(img, "img")
         wanted = set(actions or SUPPORTED_ACTIONS)
         results = [FaceAttributes(face) for face in self.detect(img)]
         if self.genderage is not None and results and wanted & {"age", "gender"}:
@@ -72,6 +83,6 @@ class FaceEngine:
                 res.gender = gender if "gender" in wanted else None
         if anti_spoofing:
             for res in results:
-                res.is_real, res.antispoof_score = self.check_liveness(img, res.face)
+                res.is_real, res.antispoof_score = self.check_liveness(img, res.face, "img")
         return results
 

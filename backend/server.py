@@ -121,6 +121,9 @@ class BackendServicer(pb_grpc.BackendServicer):
     @face_rpc
     def FaceVerify(self, engine, request, started):
         imgs = [images.decode(request.img1, "img1"), images.decode(request.img2, "img2")]
+        if request.anti_spoofing:  # refused before any face work
+            for img, field in zip(imgs, ("img1", "img2")):
+                engine.liveness_ready(img, field)
         faces, vectors = engine.embed(imgs, ["img1", "img2"])
         threshold = request.threshold if request.threshold > 0 else engine.verify_threshold
         distance = cosine_distance(vectors[0], vectors[1])
@@ -129,8 +132,10 @@ class BackendServicer(pb_grpc.BackendServicer):
             confidence=confidence(distance, threshold), model=engine.name,
             img1_area=_area(faces[0]), img2_area=_area(faces[1]))
         if request.anti_spoofing:
-            reply.img1_is_real, reply.img1_antispoof_score = engine.check_liveness(imgs[0], faces[0])
-            reply.img2_is_real, reply.img2_antispoof_score = engine.check_liveness(imgs[1], faces[1])
+            reply.img1_is_real, reply.img1_antispoof_score = engine.check_liveness(
+                imgs[0], faces[0], "img1")
+            reply.img2_is_real, reply.img2_antispoof_score = engine.check_liveness(
+                imgs[1], faces[1], "img2")
             reply.verified = reply.verified and reply.img1_is_real and reply.img2_is_real
         reply.processing_time_ms = (time.perf_counter() - started) * 1000
         return reply

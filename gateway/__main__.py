@@ -10,6 +10,7 @@ import pathlib
 import uvicorn
 
 from .app import create_app
+from .auth import is_loopback, reload_on_sighup
 from .settings import Settings, parse_backend_spec
 
 
@@ -55,6 +56,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend-timeout", type=float,
                    default=float(env("FACE_BACKEND_TIMEOUT", Settings.backend_call_timeout_s)),
                    help="deadline of each backend call in seconds; env FACE_BACKEND_TIMEOUT")
+    p.add_argument("--api-keys-file", type=pathlib.Path, default=env("FACE_API_KEYS_FILE"),
+                   help="API keys, one a line as KEY, KEY:rw or KEY:ro ('#' comments), "
+                        "re-read on SIGHUP; env FACE_API_KEYS_FILE. Keys can also come from "
+                        "env FACE_API_KEYS (comma-separated), never from the command line, "
+                        "where every local user could read them")
+    p.add_argument("--open-docs", action="store_true", default=_env_flag("FACE_OPEN_DOCS"),
+                   help="serve /docs, /redoc and /openapi.json without an API key; "
+                        "env FACE_OPEN_DOCS=1")
+    p.add_argument("--open-metrics", action="store_true", default=_env_flag("FACE_OPEN_METRICS"),
+                   help="serve /metrics without an API key; env FACE_OPEN_METRICS=1")
+    p.add_argument("--allowed-hosts", default=env("FACE_ALLOWED_HOSTS"), metavar="HOST,...",
+                   help="Host headers answered, comma-separated, '*' for any (default: the "
+                        "listen address, localhost, 127.0.0.1, ::1); env FACE_ALLOWED_HOSTS")
+    p.add_argument("--insecure", action="store_true", default=_env_flag("FACE_INSECURE"),
+                   help="listen on a non-loopback address without API keys; env FACE_INSECURE=1")
     p.add_argument("--log-level", default=env("FACE_LOG_LEVEL", "info"), help="env FACE_LOG_LEVEL")
     return p.parse_args(argv)
 
@@ -67,7 +83,21 @@ def settings_from(args: argparse.Namespace) -> Settings:
         allow_private_urls=args.allow_private_urls, max_body_bytes=args.max_body_bytes,
         max_url_bytes=args.max_url_bytes, url_timeout_s=args.url_timeout,
         backend_call_timeout_s=args.backend_timeout,
-        auth_token=os.environ.get("LOCALAI_GRPC_AUTH_TOKEN") or None)
+        auth_token=os.environ.get("LOCALAI_GRPC_AUTH_TOKEN") or None,
+        api_keys=os.environ.get("FACE_API_KEYS"), api_keys_file=args.api_keys_file,
+        open_docs=args.open_docs, open_metrics=args.open_metrics,
+        allowed_hosts=tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
+        if args.allowed_hosts else (args.host, *Settings.allowed_hosts))
+
+
+def refuse_public_without_keys(args: argparse.Namespace, settings: Settings) -> None:
+    keys_on = settings.api_keys is not None or settings.api_keys_file is not None
+    if not keys_on and not args.insecure and not is_loopback(args.host):
+        raise SystemExit(
+            f"face-gateway: refusing to listen on {args.host} without API keys: anyone who "
+            "reaches the port could list, register and delete the faces in the registry. "
+            "Set FACE_API_KEYS or --api-keys-file, or pass --insecure (FACE_INSECURE=1) if "
+            "something in front of the gateway authenticates its callers.")
 
 
 def main(argv=None) -> None:
@@ -76,11 +106,15 @@ def main(argv=None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from(args)
+        refuse_public_without_keys(args, settings)
+        app = create_app(settings)
     except ValueError as exc:
         raise SystemExit(f"face-gateway: {exc}") from None
+    if settings.api_keys_file is not None:
+        reload_on_sighup(app.state.auth.keys)
     # A bounded graceful shutdown: requests still running after it get cut off, and the
     # lifespan then stops the backends.
-    uvicorn.run(create_app(settings), host=args.host, port=args.port,
+    uvicorn.run(app, host=args.host, port=args.port,
                 log_level=args.log_level.lower(), timeout_graceful_shutdown=30)
 
 

@@ -15,6 +15,7 @@ from face_contract.errors import NotFound
 from face_contract.rpc import backend_pb2 as pb
 from face_contract.similarity import confidence
 
+from . import auth
 from . import schemas as s
 from .backends import Backends
 from .bodylimit import BodyLimitMiddleware
@@ -74,7 +75,10 @@ async def verify(body: s.VerifyRequest, gw: Gateway = Depends(gateway)):
     if body.anti_spoofing:
         liveness = dict(
             img1_is_real=r.img1_is_real, img1_antispoof_score=_f(r.img1_antispoof_score),
-            img2_is_real=r.img2_is_real, img2_antispoof_score=_f(r.img2_antispoof_score))
+            img2_is_real=r.img2_is_real, img2_antispoof_score=_f(r.img2_antispoof_score),
+            failed_liveness=[field for field, real in (("img1", r.img1_is_real),
+                                                       ("img2", r.img2_is_real)) if not real]
+            or None)
     return s.VerifyResponse(
         verified=r.verified, distance=_f(r.distance), threshold=_f(r.threshold),
         confidence=_f(r.confidence),
@@ -165,8 +169,11 @@ async def detection(body: s.DetectionRequest, gw: Gateway = Depends(gateway)):
 
 
 @api.get("/v1/models", response_model=s.ModelList, **face)
-async def models(gw: Gateway = Depends(gateway)):
-    return s.ModelList(data=[s.ModelInfo(**item) for item in gw.backends.describe()])
+async def models(request: Request, gw: Gateway = Depends(gateway)):
+    items = gw.backends.describe()
+    if not auth.may_see_backends(request):
+        items = [{k: v for k, v in item.items() if k not in ("pid", "address")} for item in items]
+    return s.ModelList(data=[s.ModelInfo(**item) for item in items])
 
 
 @api.get("/healthz")
@@ -214,8 +221,12 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Face verification, analysis, detection and a durable face "
                               "registry over LocalAI-compatible gRPC face backends.")
     app.state.gateway = gw
+    app.state.auth = auth.Policy(auth.ApiKeys(settings.api_keys, settings.api_keys_file),
+                                 settings.allowed_hosts, settings.open_docs, settings.open_metrics)
     app.include_router(api)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(auth.AuthMiddleware, policy=app.state.auth)  # before any body is read
+    auth.document(app, app.state.auth)
     app.add_middleware(MetricsMiddleware, metrics=gw.metrics)  # added last: outermost
     return app

@@ -3,6 +3,8 @@
 Field names are those of the gRPC messages. Optional response fields are None
 when not computed and dropped from the JSON (routes use response_model_exclude_none).
 """
+from typing import Literal
+
 from pydantic import BaseModel, Field, field_validator
 
 MAX_LABELS = 32
@@ -114,6 +116,9 @@ class VerifyResponse(BaseModel):
     img1_antispoof_score: float | None = None
     img2_is_real: bool | None = None
     img2_antispoof_score: float | None = None
+    failed_liveness: list[Literal["img1", "img2"]] | None = Field(
+        None, description="with anti_spoofing: the images judged not real, which forced "
+                          "`verified` to false; left out when both passed")
 
 
 class FaceAnalysis(BaseModel):

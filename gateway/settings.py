@@ -25,6 +25,12 @@ class Settings:
     backend_start_timeout_s: float = 60.0
     backend_load_timeout_s: float = 300.0
     auth_token: str | None = None  # LOCALAI_GRPC_AUTH_TOKEN, given to and sent to backends
+    # HTTP API keys (gateway/auth.py): FACE_API_KEYS entries and/or a keys file; both None: off.
+    api_keys: str | None = dataclasses.field(default=None, repr=False)
+    api_keys_file: pathlib.Path | None = None
+    open_docs: bool = False      # /docs, /redoc and /openapi.json without a key
+    open_metrics: bool = False   # /metrics without a key
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")  # Host headers served
 
     def __post_init__(self):
         for name in self.stores:

@@ -17,6 +17,24 @@ REAL_CLASS = 1
 # face crops) fit at 1.0-1.1x, while whole photos of the NUAA and Silent-Face sets
 # fit at 1.5x or more.
 MIN_CONTEXT_SCALE = 1.35
+# MiniFASNet learnt colour cues: on a greyscale image every real face scores as a spoof.
+# A pixel counts as coloured when its channels differ by more than COLOUR_SPREAD levels,
+# and an image as colour when more than MIN_COLOUR_FRACTION of its pixels are. Greyscale
+# files decode with equal channels and toned or re-encoded monochrome photos stay within a
+# few levels (a sepia UTKFace chip: 0.02% of pixels), while the least colourful colour
+# photo of ../shared/faces has 3.9%.
+COLOUR_SPREAD = 16
+MIN_COLOUR_FRACTION = 0.01
+_SAMPLE_SIDE = 256  # the test looks at about this many pixels a side: enough, and cheap
+
+
+def is_greyscale(img: np.ndarray) -> bool:
+    if img.ndim == 2 or img.shape[2] == 1:
+        return True
+    step = max(1, max(img.shape[:2]) // _SAMPLE_SIDE)
+    sample = img[::step, ::step, :3]
+    spread = sample.max(axis=2).astype(np.int16) - sample.min(axis=2)
+    return float((spread > COLOUR_SPREAD).mean()) <= MIN_COLOUR_FRACTION
 
 
 class MiniFASNet:
