@@ -27,21 +27,30 @@ def write_config(models_dir: pathlib.Path, name: str = "test-pack", options=None
     return path
 
 
+def gateway_command(models_dir, data_dir, port: int, *args: str) -> list[str]:
+    """The `python -m gateway` command line of the tests (later args win over these)."""
+    return [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port),
+            "--models-dir", str(models_dir), "--data-dir", str(data_dir),
+            "--log-level", "warning", *args]
+
+
 @contextlib.contextmanager
-def gateway_process(models_dir, data_dir, *args: str, env: dict | None = None):
-    """`python -m gateway` on a free port; yields (process, base URL); stops it (SIGTERM) after."""
+def gateway_process(models_dir, data_dir, *args: str, env: dict | None = None,
+                    log: pathlib.Path | None = None):
+    """`python -m gateway` on a free port; yields (process, base URL); stops it (SIGTERM) after.
+    With `log`, the gateway's stdout and stderr go to that file."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port),
-         "--models-dir", str(models_dir), "--data-dir", str(data_dir), "--log-level", "warning",
-         *args],
-        cwd=ROOT, env={**os.environ, **(env or {})})
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ok(base_url, "/healthz", proc)
-        yield proc, base_url
-    finally:
-        stop_process(proc)
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(log, "wb")) if log is not None else None
+        proc = subprocess.Popen(gateway_command(models_dir, data_dir, port, *args), cwd=ROOT,
+                                env={**os.environ, **(env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT if out else None)
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_ok(base_url, "/healthz", proc)
+            yield proc, base_url
+        finally:
+            stop_process(proc)
 
 
 @contextlib.contextmanager
