@@ -9,6 +9,7 @@ import dataclasses
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from face_contract.errors import NotFound
@@ -191,7 +192,7 @@ async def readyz(gw: Gateway = Depends(gateway)):
     return {"status": "ready", "backends": states}
 
 
-@api.get("/metrics")
+@api.get("/metrics", response_class=PlainTextResponse)  # documented as text/plain
 async def metrics(gw: Gateway = Depends(gateway)):
     return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

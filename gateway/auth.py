@@ -171,11 +171,13 @@ class Policy:
                          "name"), None
         if not self.keys.enabled:
             return 0, "", None
-        key = presented_key(headers)
-        scope = None if key is None else self.keys.scope_of(key)
+        keys = presented_keys(headers)
+        # Every key sent must be valid; the narrower scope wins when both headers carry one.
+        scopes = {self.keys.scope_of(key) for key in keys}
+        scope = None if not keys or None in scopes else min(scopes)  # "ro" < "rw"
         if self.is_open(path):
             return 0, "", scope
-        if key is None:
+        if not keys:
             return 401, ("an API key is required: send it as 'Authorization: Bearer <key>' "
                          "or 'x-api-key: <key>'"), None
         if scope is None:
@@ -185,11 +187,15 @@ class Policy:
         return 0, "", scope
 
 
-def presented_key(headers: dict[bytes, bytes]) -> str | None:
+def presented_keys(headers: dict[bytes, bytes]) -> list[str]:
+    """The keys of the x-api-key header and of a Bearer Authorization header (0, 1 or 2)."""
+    keys = []
     if b"x-api-key" in headers:
-        return headers[b"x-api-key"].decode("latin-1").strip()
+        keys.append(headers[b"x-api-key"].decode("latin-1").strip())
     scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    if scheme.lower() == "bearer":
+        keys.append(token.strip())
+    return keys
 
 
 class AuthMiddleware:

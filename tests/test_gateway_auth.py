@@ -51,8 +51,8 @@ def error_of(response, status: int, *words: str) -> dict:
 
 
 def call(client, path: str, key: str | None = None, header: str = "x-api-key", **kwargs):
-    headers = {} if key is None else (
-        {"x-api-key": key} if header == "x-api-key" else {"Authorization": f"Bearer {key}"})
+    headers = kwargs.pop("headers", None) or ({} if key is None else (
+        {"x-api-key": key} if header == "x-api-key" else {"Authorization": f"Bearer {key}"}))
     if path in POSTS:
         body = {field: GARBAGE[field] for field in POSTS[path]}
         return client.post(path, json=body, headers=headers, **kwargs)
@@ -101,6 +101,15 @@ def test_read_write_key_passes_everywhere_and_both_headers_work(keyed):
             assert call(client, path, RW, header).status_code in (400, 404, 503)
         for path in (*READ_GETS, "/metrics", "/openapi.json", "/docs"):
             assert call(client, path, RW, header).status_code == 200
+
+
+def test_every_key_sent_must_be_valid_and_the_narrower_scope_wins(keyed):
+    _, client, _ = keyed
+    both = {"x-api-key": RW, "Authorization": "Bearer not-a-key-of-this-gateway"}
+    error_of(client.get("/v1/face/registry", headers=both), 401, "not valid")
+    mixed = {"x-api-key": RW, "Authorization": f"Bearer {RO}"}
+    assert client.get("/v1/face/registry", headers=mixed).status_code == 200
+    error_of(call(client, "/v1/face/forget", headers=mixed), 403, "read-only")
 
 
 def test_open_paths_need_no_key(keyed):
