@@ -84,7 +84,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         max_url_bytes=args.max_url_bytes, url_timeout_s=args.url_timeout,
         backend_call_timeout_s=args.backend_timeout,
         auth_token=os.environ.get("LOCALAI_GRPC_AUTH_TOKEN") or None,
-        api_keys=os.environ.get("FACE_API_KEYS"), api_keys_file=args.api_keys_file,
+        api_keys=os.environ.get("FACE_API_KEYS", "").strip() or None,
+        api_keys_file=args.api_keys_file,
         open_docs=args.open_docs, open_metrics=args.open_metrics,
         allowed_hosts=tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
         if args.allowed_hosts else (args.host, *Settings.allowed_hosts))

@@ -83,7 +83,7 @@ class ApiKeys:
         self._keys = self._load()  # a bad key or an unreadable file stops the start
         if self.enabled and not self._keys:
             log.warning("API keys are on but none is configured: every request needs a key "
-                        "and none will do until %s lists one", self.file)
+                        "and none will do until the keys file %s lists one", self.file)
 
     @property
     def enabled(self) -> bool:
