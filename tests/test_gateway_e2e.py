@@ -160,8 +160,8 @@ def test_three_image_encodings_and_loopback_url_refused(gw):
 def test_body_limit_413_from_content_length_and_while_reading(gw):
     host, port = gw.base_url.host, gw.base_url.port
     with socket.create_connection((host, port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/face/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                     b"\r\nContent-Length: 900000000\r\n\r\n")
+        sock.sendall(b"POST /v1/face/embed HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 900000000\r\n\r\n")
         answer = b""
         while b"}}" not in answer:  # the whole JSON error body, sent without reading ours
             piece = sock.recv(65536)
