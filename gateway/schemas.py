@@ -13,6 +13,7 @@ MAX_LABEL_VALUE = 256
 MAX_NAME = 256
 MAX_TOP_K = 1000
 MAX_LIST_LIMIT = 1000
+MAX_OFFSET = 2**31 - 1  # stores take 64-bit offsets; past this no registry is that large
 
 ModelField = Field(None, description="installed model name; omitted: the gateway's default model")
 StoreField = Field(None, description="configured store name; omitted: local-store")

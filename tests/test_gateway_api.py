@@ -147,6 +147,7 @@ def test_registry_listing_order_filters_and_paging(api, seeded):
     assert archive["total"] == 1 and archive["items"][0]["name"] == "zed"
     error_of(api.get("/v1/face/registry", params={"limit": 1001}), 400, "limit")
     error_of(api.get("/v1/face/registry", params={"offset": -1}), 400, "offset")
+    error_of(api.get("/v1/face/registry", params={"offset": 2**31}), 400, "offset")
 
 
 def test_forget_is_204_then_404(api, seeded):
