@@ -34,7 +34,6 @@ METRICS_PATHS = frozenset({"/metrics"})
 # Probes (Docker, Kubernetes) reach the gateway by whatever address they have, and the
 # two answers hold nothing a DNS-rebinding page could use.
 HOST_CHECK_EXEMPT = frozenset({"/healthz", "/readyz"})
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer",
@@ -163,7 +162,8 @@ class Policy:
         return "*" in allowed or _bare_host(host) in allowed
 
     def check(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, str, str | None]:
-        """(status, message, the key's scope); status 0 lets the request through."""
+        """(status, message, the key's scope): 400 for a Host not served, 401 for no or an
+        unknown key, 403 for a read-only key on a write route; status 0 lets it through."""
         host = headers.get(b"host", b"").decode("latin-1")
         if path not in HOST_CHECK_EXEMPT and not self.host_allowed(host):
             return 400, (f"Host header {host[:100]!r} is not one this gateway serves: add it "

@@ -18,6 +18,9 @@ MAX_OFFSET = 2**31 - 1  # stores take 64-bit offsets; past this no registry is t
 ModelField = Field(None, description="installed model name; omitted: the gateway's default model")
 StoreField = Field(None, description="configured store name; omitted: local-store")
 ImageDoc = "http(s) URL, data: URI or bare base64 image bytes"
+# A cosine distance lies in [0, 2]; past that a float32 threshold would be answered as inf.
+DistanceThreshold = Field(None, ge=0, le=2, allow_inf_nan=False,
+                          description="cosine distance; 0 or omitted: the model's default")
 
 
 # -- requests -------------------------------------------------------------------
@@ -26,8 +29,7 @@ class VerifyRequest(BaseModel):
     model: str | None = ModelField
     img1: str = Field(description=ImageDoc)
     img2: str = Field(description=ImageDoc)
-    threshold: float | None = Field(None, ge=0, description="cosine distance; 0 or omitted: "
-                                                            "the model's default")
+    threshold: float | None = DistanceThreshold
     anti_spoofing: bool = False
 
 
@@ -79,8 +81,7 @@ class IdentifyRequest(BaseModel):
     model: str | None = ModelField
     img: str = Field(description=ImageDoc)
     top_k: int = Field(5, ge=1, le=MAX_TOP_K)
-    threshold: float | None = Field(None, ge=0, description="cosine distance; 0 or omitted: "
-                                                            "the model's default")
+    threshold: float | None = DistanceThreshold
     store: str | None = StoreField
 
 
@@ -92,7 +93,8 @@ class ForgetRequest(BaseModel):
 class DetectionRequest(BaseModel):
     model: str | None = ModelField
     image: str = Field(description=ImageDoc)
-    threshold: float | None = Field(None, ge=0, le=1, description="lowest confidence returned")
+    threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,
+                                    description="lowest confidence returned")
 
 
 # -- responses ------------------------------------------------------------------

@@ -191,6 +191,20 @@ def test_liveness_refuses_face_filling_crops(stub):
     assert "cropped too tightly for liveness" in err.value.details()
 
 
+def test_greyscale_test_on_real_photos():
+    """Every liveness photo is colour; LFW's one-channel JPEGs and a sepia-toned UTKFace chip
+    are greyscale, so liveness refuses them instead of calling every face a spoof."""
+    from backend.images import decode_bytes
+    from backend.models.minifasnet import is_greyscale
+
+    def grey(path):
+        return is_greyscale(decode_bytes(path.read_bytes()))
+    for folder in ("nuaa", "silent_face", "liveness_opencv_frames"):
+        assert not any(grey(FACES / folder / row["file"]) for row in read_labels(folder)), folder
+    assert all(grey(FACES / "lfw_grey" / row["file"]) for row in read_labels("lfw_grey")[:50])
+    assert grey(FACES / "utkface" / "110_1_1_20170110155201038.jpg.chip.jpg")
+
+
 def garbage():
     return base64.b64encode(b"this is not an image at all").decode()
 

@@ -70,6 +70,11 @@ def test_missing_and_mistyped_fields_are_400_naming_the_field(api):
     error_of(api.post("/v1/face/identify", json={"img": "x", "top_k": 0}), 400, "top_k")
     error_of(api.post("/v1/face/verify", json={"img1": "a", "img2": "b", "threshold": -1}),
              400, "threshold")
+    for too_far in (2.5, 1e300):  # a float32 inf would come back as a null threshold
+        error_of(api.post("/v1/face/identify", json={"img": "x", "threshold": too_far}),
+                 400, "threshold")
+    error_of(api.post("/v1/face/verify", content=b'{"img1": "a", "img2": "b", "threshold": NaN}',
+                      headers={"content-type": "application/json"}), 400, "threshold")
     error_of(api.post("/v1/detection", json={"img": "x"}), 400, "image")  # `image`, not `img`
     error_of(api.post("/v1/face/forget", json={}), 400, "id")
     error_of(api.post("/v1/face/embed", content=b"{not json", headers={
