@@ -10,8 +10,10 @@ import time
 import httpx
 import pytest
 
+from gateway.app import create_app
 from gateway.auth import parse_keys
-from gateway_support import gateway_command, gateway_process
+from gateway.settings import Settings
+from gateway_support import app_server, gateway_command, gateway_process
 from support import ROOT, free_port
 
 RW, RO, FILE_KEY, NEW_KEY = ("rw-key-3f9c2a71d8e54b06", "ro-key-8b1e6d2c4a9f7035",
@@ -118,6 +120,15 @@ def test_open_paths_need_no_key(keyed):
     assert client.get("/readyz").status_code == 503  # open, and says the backend is down
     for path in ("/", "/static/app.js"):  # the web page asks for a key: never a 401
         assert client.get(path).status_code != 401
+
+
+def test_docs_and_metrics_can_be_opened(tmp_path):
+    app = create_app(Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data",
+                              api_keys=RW, open_docs=True, open_metrics=True))
+    with app_server(app) as url, httpx.Client(base_url=url) as client:
+        for path in ("/docs", "/redoc", "/openapi.json", "/metrics"):
+            assert client.get(path).status_code == 200, path
+        error_of(client.get("/v1/face/registry"), 401)
 
 
 def test_backend_addresses_only_for_a_read_write_key(keyed):
