@@ -191,6 +191,18 @@ def test_liveness_refuses_face_filling_crops(stub):
     assert "cropped too tightly for liveness" in err.value.details()
 
 
+def test_liveness_refuses_greyscale_with_invalid_argument(stub):
+    grey = lfw(read_labels("lfw_grey")[0]["file"])
+    live = image_b64(FACES / "silent_face" / "image_T1.jpg")
+    for call in (lambda: stub.FaceAnalyze(pb.FaceAnalyzeRequest(img=grey, anti_spoofing=True)),
+                 lambda: stub.FaceVerify(pb.FaceVerifyRequest(img1=live, img2=grey,
+                                                              anti_spoofing=True))):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "liveness needs a colour image" in err.value.details()
+
+
 def test_greyscale_test_on_real_photos():
     """Every liveness photo is colour; LFW's one-channel JPEGs and a sepia-toned UTKFace chip
     are greyscale, so liveness refuses them instead of calling every face a spoof."""
