@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from face_contract.errors import NotFound
+from face_contract.errors import InvalidInput, NotFound
 from face_contract.rpc import backend_pb2 as pb
 from face_contract.similarity import confidence
 
@@ -46,8 +46,16 @@ async def gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
+async def single_valued_query(request: Request) -> None:
+    """`?model=a&model=b` is refused, not read as one of the two."""
+    names = [name for name, _ in request.query_params.multi_items()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise InvalidInput(f"query parameter {repeated[0]} is given more than once")
+
+
 ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 404, 412, 413, 500, 503)}
-api = APIRouter(responses=ERRORS)
+api = APIRouter(responses=ERRORS, dependencies=[Depends(single_valued_query)])
 face = dict(response_model_exclude_none=True)
 
 

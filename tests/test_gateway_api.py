@@ -153,6 +153,7 @@ def test_registry_listing_order_filters_and_paging(api, seeded):
     error_of(api.get("/v1/face/registry", params={"limit": 1001}), 400, "limit")
     error_of(api.get("/v1/face/registry", params={"offset": -1}), 400, "offset")
     error_of(api.get("/v1/face/registry", params={"offset": 2**31}), 400, "offset")
+    error_of(api.get("/v1/face/registry?model=alpha&model=beta"), 400, "model", "more than once")
 
 
 def test_forget_is_204_then_404(api, seeded):
