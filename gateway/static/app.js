@@ -80,7 +80,15 @@ class Photo {
 
   async load(file) {
     this.file = file;
-    this.image = await createImageBitmap(file);
+    try {
+      this.image = await createImageBitmap(file);
+    } catch {  // the gateway will say what is wrong with it; keep the file to send
+      this.image = null;
+      this.canvas.hidden = true;
+      $(this.element, ".hint").hidden = false;
+      $(this.element, ".hint").textContent = `${file.name} (no preview)`;
+      return;
+    }
     const scale = Math.min(1, 480 / this.image.width, 360 / this.image.height);
     this.canvas.width = Math.round(this.image.width * scale);
     this.canvas.height = Math.round(this.image.height * scale);
@@ -92,6 +100,7 @@ class Photo {
 
   // boxes: [{x, y, w, h, label, good}] in the image's own pixels
   draw(boxes) {
+    if (!this.image) return;
     const ctx = this.canvas.getContext("2d");
     ctx.drawImage(this.image, 0, 0, this.canvas.width, this.canvas.height);
     ctx.lineWidth = 3;
@@ -181,7 +190,8 @@ function facts(pairs) {
   return el("dl", {}, ...pairs.flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, String(value))]));
 }
 
-const pct = (v) => `${(v * 100).toFixed(1)}%`;
+const pct = (v) => `${(v * 100).toFixed(1)}%`;  // a 0-1 score
+const of100 = (v) => `${v.toFixed(1)}%`;  // confidence and gender scores are 0-100
 const box = (area, label, good) => ({ x: area.x, y: area.y, w: area.w, h: area.h, label, good });
 
 section("verify", async (photos, data) => {
@@ -196,7 +206,7 @@ section("verify", async (photos, data) => {
     photos[`img${n}`].draw([box(r[`img${n}_area`], label, r.verified && real !== false)]);
   }
   const rows = [["distance", r.distance.toFixed(3)], ["threshold", r.threshold],
-                ["confidence", pct(r.confidence)], ["model", r.model]];
+                ["confidence", of100(r.confidence)], ["model", r.model]];
   if (live) rows.push(["liveness", `${r.img1_is_real ? "real" : "spoof"} / ${r.img2_is_real ? "real" : "spoof"}`]);
   return [el("p", { className: `verdict ${r.verified ? "same" : "different"}` },
              r.verified ? "Same person" : "Different people"), facts(rows)];
@@ -242,7 +252,7 @@ section("identify", async (photos, data) => {
   if (!r.matches.length) return [el("p", {}, "Nobody is registered for this model yet.")];
   const rows = r.matches.map((m, i) => el("tr", { className: m.match ? "match" : "" },
     el("td", {}, `${i + 1}`), el("td", { className: "name" }, m.name), el("td", {}, m.distance.toFixed(3)),
-    el("td", {}, pct(m.confidence)), el("td", {}, m.match ? "match" : "no match")));
+    el("td", {}, of100(m.confidence)), el("td", {}, m.match ? "match" : "no match")));
   return [el("table", { className: "matches" },
     el("thead", {}, el("tr", {}, ...["#", "Name", "Distance", "Confidence", ""].map((h) => el("th", {}, h)))),
     el("tbody", {}, ...rows))];
