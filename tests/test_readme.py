@@ -11,13 +11,17 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 
+import httpx
 import pytest
+import yaml
 from PIL import Image
 
+from bench.service import wait_until_ok
 from gateway_support import gateway_process, write_config
-from support import FACES, ROOT, needs_shared
+from support import FACES, MODELS, ROOT, free_port, needs_shared
 
 pytestmark = needs_shared
 
@@ -111,3 +115,34 @@ def test_readme_examples_run_as_documented(tmp_path_factory, workdir):
                 same_shape(json.loads(documented), actual)
                 if "registered_at" in actual:  # later examples name the registered person
                     env["FACE_ID"] = actual["id"]
+
+
+def test_readme_custom_gallery_installs_and_serves_with_its_one_command(tmp_path, workdir):
+    """The README's gallery, beside the real files of ../shared/models, and its `make run`."""
+    readme = (ROOT / "README.md").read_text()
+    gallery = next(block for block in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)
+                   if "name: local-pack" in block)
+    command = next(block.strip() for block in SH_BLOCK.findall(readme)
+                   if block.startswith("make run MODEL=local-pack"))
+    folder = tmp_path / "face-weights"
+    folder.mkdir()
+    (folder / "gallery.yaml").write_text(gallery)
+    for file in yaml.safe_load(gallery)[0]["files"]:
+        (folder / file["filename"]).symlink_to(next(MODELS.rglob(file["filename"])))
+    port = free_port()
+    # Run from a folder of its own (models/ and data/ land there), with this checkout's venv.
+    make = subprocess.Popen(
+        ["bash", "-c", f"{command} -f {ROOT}/Makefile VENV={ROOT}/.venv PORT={port}"],
+        cwd=tmp_path, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ok(url, "/healthz", make, timeout=120)
+        files = {"img1": (workdir / "sam-1.jpg").read_bytes(),
+                 "img2": (workdir / "sam-2.jpg").read_bytes()}
+        verdict = httpx.post(f"{url}/v1/face/verify", files=files, timeout=120).json()
+        assert verdict["verified"] is True and verdict["model"] == "local-pack", verdict
+        assert verdict["threshold"] == 0.74
+    finally:
+        os.killpg(make.pid, signal.SIGTERM)
+        make.wait(timeout=60)
+    assert (tmp_path / "models" / "local-pack.yaml").is_file()
