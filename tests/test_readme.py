@@ -16,12 +16,11 @@ import subprocess
 
 import httpx
 import pytest
-import yaml
 from PIL import Image
 
 from bench.service import wait_until_ok
-from gateway_support import gateway_process, write_config
-from support import FACES, MODELS, ROOT, free_port, needs_shared
+from gateway_support import gateway_process, readme_block, readme_gallery, write_config
+from support import FACES, ROOT, free_port, needs_shared
 
 pytestmark = needs_shared
 
@@ -119,16 +118,8 @@ def test_readme_examples_run_as_documented(tmp_path_factory, workdir):
 
 def test_readme_custom_gallery_installs_and_serves_with_its_one_command(tmp_path, workdir):
     """The README's gallery, beside the real files of ../shared/models, and its `make run`."""
-    readme = (ROOT / "README.md").read_text()
-    gallery = next(block for block in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)
-                   if "name: local-pack" in block)
-    command = next(block.strip() for block in SH_BLOCK.findall(readme)
-                   if block.startswith("make run MODEL=local-pack"))
-    folder = tmp_path / "face-weights"
-    folder.mkdir()
-    (folder / "gallery.yaml").write_text(gallery)
-    for file in yaml.safe_load(gallery)[0]["files"]:
-        (folder / file["filename"]).symlink_to(next(MODELS.rglob(file["filename"])))
+    readme_gallery(tmp_path / "face-weights")
+    command = readme_block("sh", "make run MODEL=local-pack").strip()
     port = free_port()
     # Run from a folder of its own (models/ and data/ land there), with this checkout's venv.
     make = subprocess.Popen(
