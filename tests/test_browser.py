@@ -7,7 +7,7 @@ import urllib.parse
 import pytest
 
 from gateway_support import gateway_process, write_config
-from support import FACES, ROOT, needs_shared
+from support import FACES, ROOT, backend_process, needs_shared
 
 CHROMIUM = pathlib.Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -135,3 +135,26 @@ def test_docs_render_with_only_loopback_reachable(page, gateway):
     page.goto(gateway + "/redoc")
     page.wait_for_function("document.body.innerText.includes('/v1/face/identify')")
     page.screenshot(path=ARTIFACTS / "redoc.png")
+
+
+def test_a_401_makes_the_page_ask_for_a_key_and_send_it(page, tmp_path):
+    """A real 401: the model's backend wants a token this gateway does not have."""
+    write_config(tmp_path / "models", MODEL)
+    with backend_process(env={"LOCALAI_GRPC_AUTH_TOKEN": "backend-only"}) as (_, address), \
+            gateway_process(tmp_path / "models", tmp_path / "data",
+                            "--backend", f"{MODEL}={address}") as (_, url):
+        page.goto(url + "/")
+        page.wait_for_selector("#model option[value='test-pack']", state="attached")
+        page.set_input_files("#analyze input[type=file]", TRAIN / "obama" / "obama.jpg")
+        page.click("#analyze button[type=submit]")
+        dialog = page.wait_for_selector("#key-dialog[open]")
+        assert dialog.query_selector(".why").inner_text()  # the API's 401 message
+        page.fill("#key-dialog input[name=key]", "my-key")
+        with page.expect_request("**/v1/face/analyze") as retried:
+            page.click("#key-dialog button[value=save]")
+        assert retried.value.headers["x-api-key"] == "my-key"
+        page.wait_for_selector("#key-dialog[open]")  # still refused: asked again
+        page.screenshot(path=ARTIFACTS / "page-api-key.png")
+        page.click("#key-dialog button[value=cancel]")
+        assert page.wait_for_selector("#analyze .result.error").inner_text()
+        assert page.evaluate("localStorage.getItem('face-api-key')") == "my-key"
