@@ -42,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models-dir", type=pathlib.Path,
                         default=pathlib.Path(os.environ.get("FACE_MODELS_DIR", "models")),
                         help="models folder (env FACE_MODELS_DIR; default ./models)")
-    parser.add_argument("--gallery", action="append", default=[], metavar="FILE_OR_URL",
-                        help="a custom gallery, searched before the built-in one (repeatable)")
+    parser.add_argument("--gallery", action="append", metavar="FILE_OR_URL",
+                        default=[g for g in os.environ.get("FACE_MODELS_GALLERY", "").split(",") if g],
+                        help="a custom gallery, searched before the built-in one (repeatable; "
+                             "env FACE_MODELS_GALLERY, comma-separated)")
     parser.add_argument("--mirror", type=pathlib.Path, default=os.environ.get("FACE_MODELS_MIRROR") or None,
                         metavar="DIR", help="take files from DIR, searched recursively by file name "
                         "and SHA-256 (env FACE_MODELS_MIRROR)")

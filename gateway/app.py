@@ -163,9 +163,11 @@ async def forget(body: s.ForgetRequest, gw: Gateway = Depends(gateway)):
 
 
 @api.get("/v1/face/registry", response_model=s.RegistryResponse, **face)
-async def registry(model: str | None = None, store: str | None = None, name: str | None = None,
-                   limit: int = Query(100, ge=1, le=s.MAX_LIST_LIMIT),
-                   offset: int = Query(0, ge=0), gw: Gateway = Depends(gateway)):
+async def registry(model: str | None = Query(None, examples=["insightface-opencv"]),
+                   store: str | None = Query(None, examples=["local-store"]),
+                   name: str | None = Query(None, examples=["Ann Lee"]),
+                   limit: int = Query(100, ge=1, le=s.MAX_LIST_LIMIT, examples=[10]),
+                   offset: int = Query(0, ge=0, examples=[0]), gw: Gateway = Depends(gateway)):
     chosen = require(gw.stores, store)
     filters = Filters(model=model, name=name)
     records = await asyncio.to_thread(chosen.list, filters, limit, offset)

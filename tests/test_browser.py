@@ -25,7 +25,9 @@ def browser():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
+            "--disable-component-update", "--disable-sync", "--no-first-run",
+            # a real getUserMedia stream from Chromium's built-in test camera
+            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
         yield browser
         browser.close()
 
@@ -123,6 +125,16 @@ def test_the_page_verifies_registers_identifies_and_forgets(page, gateway):
         assert word in analysis
     page.screenshot(path=ARTIFACTS / "page-analyze-registry.png", full_page=True)
     assert page.blocked == []
+
+
+def test_a_webcam_photo_becomes_the_image(page, gateway):
+    page.goto(gateway + "/")
+    page.click("#identify .camera")
+    page.wait_for_function("document.querySelector('#camera-dialog video').videoWidth > 0")
+    page.click("#camera-dialog button[value=capture]")
+    page.wait_for_selector("#identify canvas:not([hidden])")
+    assert page.eval_on_selector("#identify canvas", "c => c.width") > 0
+    assert page.is_hidden("#identify .hint")
 
 
 def test_docs_render_with_only_loopback_reachable(page, gateway):
