@@ -4,6 +4,7 @@ tests/artifacts/ (git-ignored) for a person to look at."""
 import pathlib
 import urllib.parse
 
+import httpx
 import pytest
 
 from gateway_support import gateway_process, write_config
@@ -125,6 +126,23 @@ def test_the_page_verifies_registers_identifies_and_forgets(page, gateway):
         assert word in analysis
     page.screenshot(path=ARTIFACTS / "page-analyze-registry.png", full_page=True)
     assert page.blocked == []
+
+
+def test_the_registry_pages_and_forgetting_the_last_row_goes_back(page, gateway):
+    photo = (TRAIN / "obama" / "obama2.jpg").read_bytes()
+    with httpx.Client(base_url=gateway, timeout=60) as api:
+        start = api.get("/v1/face/registry").json()["total"]
+        for n in range(11 - start):
+            assert api.post("/v1/face/register", files={"img": photo},
+                            data={"name": f"Extra {n:02d}"}).status_code == 200
+    page.goto(gateway + "/")
+    page.wait_for_selector("#registry .range:text('1–10 of 11')")
+    assert page.locator("#registry tbody tr").count() == 10 and page.is_disabled("#registry .prev")
+    page.click("#registry .next")
+    page.wait_for_selector("#registry .range:text('11–11 of 11')")
+    assert page.is_disabled("#registry .next")
+    page.click("#registry tbody button.forget")
+    page.wait_for_selector("#registry .range:text('1–10 of 10')")
 
 
 def test_a_webcam_photo_becomes_the_image(page, gateway):
