@@ -241,8 +241,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     # Swagger UI and ReDoc come from the fastapi-offline package: /docs works offline.
     app = FastAPIOffline(title="Face gateway", version="0.1.0", lifespan=lifespan,
-                  description="Face verification, analysis, detection and a durable face "
-                              "registry over LocalAI-compatible gRPC face backends.")
+                         description="Face verification, analysis, detection and a durable "
+                                     "face registry over LocalAI-compatible gRPC face backends. "
+                                     "Image routes take JSON or multipart/form-data uploads.")
     app.state.gateway = gw
     app.include_router(api)
     install_page(app)

@@ -14,7 +14,8 @@ MAX_LIST_LIMIT = 1000
 
 ModelField = Field(None, description="installed model name; omitted: the gateway's default model")
 StoreField = Field(None, description="configured store name; omitted: local-store")
-ImageDoc = "http(s) URL, data: URI or bare base64 image bytes"
+ImageDoc = ("http(s) URL, data: URI or bare base64 image bytes (or, in a multipart/form-data "
+            "request, the image file)")
 # The image fields, by the names callers send (a multipart upload's file parts).
 IMAGE_FIELDS = ("img", "img1", "img2", "image")
 JPEG = "/9j/4AAQSkZJRgABAQAAAQABAAD..."  # base64 of a JPEG, shortened in the examples
