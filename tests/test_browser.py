@@ -162,9 +162,12 @@ def test_docs_render_with_only_loopback_reachable(page, gateway):
     for route in ("/v1/face/verify", "/v1/face/embed", "/v1/detection", "/v1/face/registry"):
         assert route in paths
     page.screenshot(path=ARTIFACTS / "docs.png")
+    assert page.blocked == []  # Swagger UI asked nothing of another host
     page.goto(gateway + "/redoc")
     page.wait_for_function("document.body.innerText.includes('/v1/face/identify')")
     page.screenshot(path=ARTIFACTS / "redoc.png")
+    # ReDoc renders offline; only its footer's "by Redocly" logo points elsewhere
+    assert all(url.endswith(".svg") for url in page.blocked), page.blocked
 
 
 def test_a_401_makes_the_page_ask_for_a_key_and_send_it(page, tmp_path):
