@@ -89,10 +89,10 @@ def parse_form(content_type: bytes, body: bytes) -> tuple[list, list]:
         file.file_object.seek(0)
         files.append((file.field_name.decode(), file.file_object.read()))
 
-    # Files stay in memory: the body is already bounded by the body limit.
-    parser = create_form_parser({"Content-Type": content_type}, on_field, on_file,
-                                config={"MAX_MEMORY_FILE_SIZE": len(body) + 1})
     try:
+        # Files stay in memory: the body is already bounded by the body limit.
+        parser = create_form_parser({"Content-Type": content_type}, on_field, on_file,
+                                    config={"MAX_MEMORY_FILE_SIZE": len(body) + 1})
         parser.write(body)
         parser.finalize()
     except (FormParserError, ValueError) as exc:
