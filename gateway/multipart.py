@@ -83,11 +83,11 @@ def parse_form(content_type: bytes, body: bytes) -> tuple[list, list]:
     fields, files = [], []
 
     def on_field(field):
-        fields.append((field.field_name.decode(), (field.value or b"").decode("utf-8", "replace")))
+        fields.append((field.field_name.decode("utf-8", "replace"), (field.value or b"").decode("utf-8", "replace")))
 
     def on_file(file):
         file.file_object.seek(0)
-        files.append((file.field_name.decode(), file.file_object.read()))
+        files.append((file.field_name.decode("utf-8", "replace"), file.file_object.read()))
 
     try:
         # Files stay in memory: the body is already bounded by the body limit.
