@@ -82,12 +82,15 @@ def parse_form(content_type: bytes, body: bytes) -> tuple[list, list]:
     """(text fields, file parts) of a multipart body, each as (name, value) in order."""
     fields, files = [], []
 
+    def text(data: bytes | None) -> str:
+        return (data or b"").decode("utf-8", "replace")
+
     def on_field(field):
-        fields.append((field.field_name.decode("utf-8", "replace"), (field.value or b"").decode("utf-8", "replace")))
+        fields.append((text(field.field_name), text(field.value)))
 
     def on_file(file):
         file.file_object.seek(0)
-        files.append((file.field_name.decode("utf-8", "replace"), file.file_object.read()))
+        files.append((text(file.field_name), file.file_object.read()))
 
     try:
         # Files stay in memory: the body is already bounded by the body limit.
