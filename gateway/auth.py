@@ -16,6 +16,7 @@ import signal
 import threading
 
 from .errors import error_response
+from .page import PAGE_ASSETS
 
 log = logging.getLogger("gateway.auth")
 
@@ -28,8 +29,9 @@ WRITE_PATHS = frozenset({"/v1/face/register", "/v1/face/forget"})
 # Reachable without a key: the health probes, and the web page with its assets, which
 # must load so that it can ask the user for a key.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
-OPEN_PREFIXES = ("/static/",)
+OPEN_PREFIXES = (PAGE_ASSETS + "/",)
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+DOCS_ASSETS = "/static-offline-docs/"  # fastapi-offline's Swagger UI and ReDoc files
 METRICS_PATHS = frozenset({"/metrics"})
 # Probes (Docker, Kubernetes) reach the gateway by whatever address they have, and the
 # two answers hold nothing a DNS-rebinding page could use.
@@ -154,7 +156,7 @@ class Policy:
 
     def is_open(self, path: str) -> bool:
         return (path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
-                or (self.open_docs and path in DOCS_PATHS)
+                or (self.open_docs and (path in DOCS_PATHS or path.startswith(DOCS_ASSETS)))
                 or (self.open_metrics and path in METRICS_PATHS))
 
     def host_allowed(self, host: str) -> bool:

@@ -118,15 +118,17 @@ def test_open_paths_need_no_key(keyed):
     _, client, _ = keyed
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 503  # open, and says the backend is down
-    for path in ("/", "/static/app.js"):  # the web page asks for a key: never a 401
-        assert client.get(path).status_code != 401
+    for path in ("/", "/ui/app.js", "/ui/style.css"):  # the page asks for a key itself
+        assert client.get(path).status_code == 200, path
+    error_of(client.get("/static-offline-docs/swagger-ui-bundle.js"), 401)
 
 
 def test_docs_and_metrics_can_be_opened(tmp_path):
     app = create_app(Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data",
                               api_keys=RW, open_docs=True, open_metrics=True))
     with app_server(app) as url, httpx.Client(base_url=url) as client:
-        for path in ("/docs", "/redoc", "/openapi.json", "/metrics"):
+        for path in ("/docs", "/redoc", "/openapi.json", "/metrics",
+                     "/static-offline-docs/swagger-ui-bundle.js"):
             assert client.get(path).status_code == 200, path
         error_of(client.get("/v1/face/registry"), 401)
 

@@ -13,6 +13,7 @@ from PIL import Image
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
+from gateway.schemas import IMAGE_FIELDS
 from gateway_support import gateway_process, write_config
 from support import FACES, needs_shared, read_labels
 
@@ -22,7 +23,6 @@ RW, RO = "hardening-rw-6c1f0e9a2b7d", "hardening-ro-4e8b2d6a0c9f"
 MODEL = "test-pack"
 LIVE = FACES / "silent_face" / "image_T1.jpg"   # real face, colour, room around it
 SPOOF = FACES / "silent_face" / "image_F1.jpg"  # a photo of a photo
-IMAGE_FIELDS = ("img", "img1", "img2", "image")
 FACE = base64.b64encode(LIVE.read_bytes()).decode() if LIVE.exists() else ""
 FUZZ_EXAMPLES = 100  # per route: about 40 s on 2 cores for the whole run
 
