@@ -10,7 +10,7 @@ import pathlib
 import uvicorn
 
 from .app import create_app
-from .settings import Settings, parse_backend_spec
+from .settings import Settings, pools_from_specs
 
 
 def _env_flag(name: str) -> bool:
@@ -34,8 +34,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="model used when a request names none; env FACE_DEFAULT_MODEL")
     p.add_argument("--backend", action="append", dest="backends",
                    default=_env_list("FACE_BACKENDS"), metavar="NAME=HOST:PORT",
-                   help="use an already running backend for model NAME (repeatable); "
-                        "env FACE_BACKENDS, comma-separated")
+                   help="use an already running backend for model NAME (repeatable; a "
+                        "repeated NAME adds to that model's pool); env FACE_BACKENDS, "
+                        "comma-separated")
+    p.add_argument("--backends-per-model", type=int,
+                   default=int(env("FACE_BACKENDS_PER_MODEL", Settings.backends_per_model)),
+                   help="backend processes the gateway starts per model (its pool); "
+                        "env FACE_BACKENDS_PER_MODEL")
+    p.add_argument("--backend-threads", type=int,
+                   default=int(env("FACE_BACKEND_THREADS", Settings.backend_threads)),
+                   help="onnxruntime threads of each backend it loads (LoadModel Threads; "
+                        "0: the backend's default); env FACE_BACKEND_THREADS")
     p.add_argument("--store", action="append", dest="stores", default=None, metavar="NAME",
                    help="a registry store name (repeatable; default local-store); "
                         "env FACE_STORES, comma-separated")
@@ -62,7 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
         models_dir=args.models_dir, data_dir=args.data_dir, default_model=args.default_model,
-        external_backends=dict(parse_backend_spec(spec) for spec in args.backends),
+        external_backends=pools_from_specs(args.backends),
+        backends_per_model=args.backends_per_model, backend_threads=args.backend_threads,
         stores=tuple(args.stores or _env_list("FACE_STORES") or ["local-store"]),
         allow_private_urls=args.allow_private_urls, max_body_bytes=args.max_body_bytes,
         max_url_bytes=args.max_url_bytes, url_timeout_s=args.url_timeout,

@@ -177,7 +177,9 @@ async def healthz():
 @api.get("/readyz")
 async def readyz(gw: Gateway = Depends(gateway)):
     states = await gw.backends.probe()
-    failing = {name: state for name, state in states.items() if state not in ("ok", "idle")}
+    # A degraded pool still serves: some of its backends answer.
+    failing = {name: state for name, state in states.items()
+               if state not in ("ok", "idle") and not state.startswith("degraded")}
     if failing:
         return error_response(503, "backends not ready: " + "; ".join(
             f"{name}: {state}" for name, state in failing.items()))

@@ -185,12 +185,23 @@ class RegistryResponse(BaseModel):
     total: int
 
 
+class PoolMember(BaseModel):
+    address: str | None = Field(None, description="gRPC address")
+    pid: int | None = Field(None, description="process id, for a backend the gateway started")
+    in_pool: bool = Field(description="loaded, healthy and taking calls")
+    in_flight: int = Field(description="calls waiting for an answer now")
+    calls: int = Field(description="calls sent since the gateway started")
+    starts: int | None = Field(None, description="times the gateway started it")
+
+
 class ModelInfo(BaseModel):
     id: str
     object: str = "model"
     loaded: bool
-    pid: int | None = Field(None, description="process id of a backend the gateway started")
-    address: str | None = Field(None, description="gRPC address of the model's backend")
+    pid: int | None = Field(None, description="process id of a backend the gateway started "
+                                              "(the pool's first)")
+    address: str | None = Field(None, description="gRPC address of the model's (first) backend")
+    backends: list[PoolMember] | None = Field(None, description="every backend of its pool")
 
 
 class ModelList(BaseModel):
