@@ -1,11 +1,14 @@
 """`python -m gateway` / `face-gateway`: serve the /v1/face API with uvicorn.
 
 Every option has an environment variable (FACE_*); a command-line option wins.
+`face-gateway enroll DIR --model M ...` registers a folder of photos through a
+running gateway instead (`face-gateway enroll --help`).
 """
 import argparse
 import logging
 import os
 import pathlib
+import sys
 
 import uvicorn
 
@@ -23,7 +26,8 @@ def _env_list(name: str) -> list[str]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="face-gateway", description=__doc__)
+    p = argparse.ArgumentParser(prog="face-gateway", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default=env("FACE_HOST", "127.0.0.1"), help="env FACE_HOST")
     p.add_argument("--port", type=int, default=int(env("FACE_PORT", "8080")), help="env FACE_PORT")
     p.add_argument("--models-dir", type=pathlib.Path, default=env("FACE_MODELS_DIR", "models"),
@@ -81,6 +85,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["enroll"]:
+        from .enroll import main as enroll  # a client: none of the server's start-up
+        return enroll(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -16,7 +16,7 @@ from face_contract.rpc import backend_pb2 as pb
 from face_contract.similarity import confidence
 
 from . import schemas as s
-from .backends import Backends
+from .backends import BackendError, Backends
 from .bodylimit import BodyLimitMiddleware
 from .errors import error_response, install_error_handlers
 from .fetch import UrlFetcher
@@ -35,7 +35,10 @@ class Gateway:
 
     async def embedding(self, model: str, img: str, field: str = "img") -> list[float]:
         request = pb.PredictOptions(Images=[await image_b64(img, field, self.fetcher)])
-        result = await self.backends.call(model, "Embedding", request)
+        try:
+            result = await self.backends.call(model, "Embedding", request)
+        except BackendError as exc:  # the backend calls the image Images[0]; the client, `field`
+            raise BackendError(exc.grpc_code, str(exc).replace("Images[0]", field)) from None
         return list(result.embeddings)
 
 
@@ -112,9 +115,16 @@ async def embed(body: s.EmbedRequest, gw: Gateway = Depends(gateway)):
 async def register(body: s.RegisterRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     store = require(gw.stores, body.store)
-    record = Record.new(body.name, body.labels or {}, model, await gw.embedding(model, body.img))
-    await asyncio.to_thread(store.add, record)  # committed to disk before the 200
-    return s.RegisterResponse(id=record.id, name=record.name, registered_at=record.registered_at)
+    photos = body.photos()
+    vectors = await asyncio.gather(*(gw.embedding(model, img, field) for field, img in photos))
+    if body.template:  # Record.new normalises the mean of the unit vectors again
+        vectors = [np.mean(np.asarray(vectors, dtype=np.float32), axis=0)]
+    records = [Record.new(body.name, body.labels or {}, model, v) for v in vectors]
+    for record in records:
+        await asyncio.to_thread(store.add, record)  # committed to disk before the 200
+    first = records[0]
+    return s.RegisterResponse(id=first.id, name=first.name, registered_at=first.registered_at,
+                              ids=[r.id for r in records] if body.imgs is not None else None)
 
 
 @api.post("/v1/face/identify", response_model=s.IdentifyResponse, **face)

@@ -5,12 +5,15 @@ when not computed and dropped from the JSON (routes use response_model_exclude_n
 """
 from pydantic import BaseModel, Field, field_validator
 
+from face_contract.errors import InvalidInput
+
 MAX_LABELS = 32
 MAX_LABEL_KEY = 64
 MAX_LABEL_VALUE = 256
 MAX_NAME = 256
 MAX_TOP_K = 1000
 MAX_LIST_LIMIT = 1000
+MAX_REGISTER_IMAGES = 32
 
 ModelField = Field(None, description="installed model name; omitted: the gateway's default model")
 StoreField = Field(None, description="configured store name; omitted: local-store")
@@ -43,7 +46,13 @@ class EmbedRequest(BaseModel):
 
 class RegisterRequest(BaseModel):
     model: str | None = ModelField
-    img: str = Field(description=ImageDoc)
+    img: str | None = Field(None, description=f"{ImageDoc}; exactly one of img and imgs")
+    imgs: list[str] | None = Field(
+        None, min_length=1, max_length=MAX_REGISTER_IMAGES,
+        description=f"several photos of the same person ({ImageDoc}): one record each, "
+                    "or one template record with `template`")
+    template: bool = Field(False, description="with imgs: store one record whose embedding is "
+                                              "the re-normalised mean of the photos' embeddings")
     name: str = Field(min_length=1, max_length=MAX_NAME)
     labels: dict[str, str] | None = Field(
         None, description=f"at most {MAX_LABELS} labels; keys up to {MAX_LABEL_KEY} and "
@@ -70,6 +79,16 @@ class RegisterRequest(BaseModel):
             if len(value) > MAX_LABEL_VALUE:
                 raise ValueError(f"label '{key}' is longer than {MAX_LABEL_VALUE} characters")
         return labels
+
+
+    def photos(self) -> list[tuple[str, str]]:
+        """(field name, image) of each photo sent; 400 unless exactly one of img / imgs is."""
+        if (self.img is None) == (self.imgs is None):
+            raise InvalidInput("send exactly one of img (one photo) or imgs (several photos "
+                               "of one person)")
+        if self.img is not None:
+            return [("img", self.img)]
+        return [(f"imgs[{i}]", img) for i, img in enumerate(self.imgs)]
 
 
 class IdentifyRequest(BaseModel):
@@ -141,9 +160,11 @@ class EmbedResponse(BaseModel):
 
 
 class RegisterResponse(BaseModel):
-    id: str
+    id: str = Field(description="the record's id (with imgs: the first record's)")
     name: str
     registered_at: str
+    ids: list[str] | None = Field(None, description="with imgs: every record's id, in the "
+                                                    "order of imgs (one id with template)")
 
 
 class IdentifyMatch(BaseModel):
