@@ -7,7 +7,7 @@ MODELS_DIR ?= models
 DATA_DIR ?= data
 PORT ?= 8080
 
-.PHONY: install proto test run bench-deps bench-accuracy bench-latency
+.PHONY: install proto test run bench-deps bench-accuracy bench-latency bench-pool
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,7 @@ bench-accuracy: bench-deps
 
 bench-latency: bench-deps
 	$(BIN)/python -m bench.latency $(BENCH_ARGS)
+
+# One multi-threaded backend against a pool of single-threaded ones; CPU per verify of a pair.
+bench-pool:
+	$(BIN)/python -m bench.pool $(BENCH_ARGS)
