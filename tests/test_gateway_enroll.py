@@ -30,7 +30,9 @@ def gw(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
     write_config(models, MODEL)
     with gateway_process(models, tmp_path_factory.mktemp("data"), "--default-model", MODEL,
-                         "--store", "local-store", "--store", "small") as (_, url), \
+                         "--store", "local-store", "--store", "small",
+                         # on a few cores, single-threaded backends side by side enrol fastest
+                         "--backends-per-model", "2", "--backend-threads", "1") as (_, url), \
             httpx.Client(base_url=url, timeout=120) as client:
         yield client
 
