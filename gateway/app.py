@@ -120,11 +120,24 @@ async def register(body: s.RegisterRequest, gw: Gateway = Depends(gateway)):
     if body.template:  # Record.new normalises the mean of the unit vectors again
         vectors = [np.mean(np.asarray(vectors, dtype=np.float32), axis=0)]
     records = [Record.new(body.name, body.labels or {}, model, v) for v in vectors]
-    for record in records:
-        await asyncio.to_thread(store.add, record)  # committed to disk before the 200
+    await asyncio.to_thread(_add_all, store, records)
     first = records[0]
     return s.RegisterResponse(id=first.id, name=first.name, registered_at=first.registered_at,
                               ids=[r.id for r in records] if body.imgs is not None else None)
+
+
+def _add_all(store: VectorStore, records: list[Record]) -> None:
+    """Adds every record (each committed to disk before the 200), or none: the ones added
+    before a failure are deleted again."""
+    added = []
+    try:
+        for record in records:
+            store.add(record)
+            added.append(record)
+    except BaseException:
+        for record in added:
+            store.delete(record.id)
+        raise
 
 
 @api.post("/v1/face/identify", response_model=s.IdentifyResponse, **face)

@@ -106,6 +106,7 @@ class Member:
     starts: int = 0
     failures: int = 0  # failed attempts of the watcher to bring it back, in a row
     next_check: float = 0.0  # event-loop time before which the watcher leaves it alone
+    wanted: bool = False  # a call or the preload asked for it: the watcher keeps it up from then
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
     @property
@@ -115,11 +116,6 @@ class Member:
     @property
     def running(self) -> bool:
         return not self.managed or (self.process is not None and self.process.poll() is None)
-
-    @property
-    def used(self) -> bool:
-        """Brought up at least once (a managed backend is started on first use)."""
-        return self.stub is not None or self.starts > 0
 
     @property
     def usable(self) -> bool:
@@ -289,6 +285,7 @@ class Backends:
 
     async def _ensure(self, member: Member) -> None:
         """Brings a member up (start, connect, health, load) unless it is usable already."""
+        member.wanted = True
         async with member.lock:  # one start / load per member; other callers wait for it
             if not member.usable:
                 await self._bring_up(member)
@@ -414,13 +411,13 @@ class Backends:
         self._preloader = asyncio.create_task(bring_up())
 
     async def _watch(self) -> None:
-        """Checks every member that has been used, each second: restarts one that died, takes
+        """Checks every member a call has asked for, each second: restarts one that died, takes
         one that does not answer a health check out of the pool (restarting it if the gateway
         runs it) and puts it back once it answers again."""
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
             members = [m for pool in list(self._pools.values()) for m in pool.members
-                       if m.used and not m.lock.locked()]
+                       if m.wanted and not m.lock.locked()]
             await asyncio.gather(*(self._check(m) for m in members))
 
     async def _check(self, member: Member) -> None:

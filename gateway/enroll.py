@@ -51,12 +51,15 @@ def parse_args(argv) -> argparse.Namespace:
     return args
 
 
+def is_image(path: pathlib.Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
 def find_photos(root: pathlib.Path) -> list[str]:
     """Paths (relative to root, '/'-separated) of the images inside root's sub-folders."""
     return sorted(path.relative_to(root).as_posix()
                   for person in root.iterdir() if person.is_dir()
-                  for path in person.rglob("*")
-                  if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+                  for path in person.rglob("*") if is_image(path))
 
 
 def read_label_csv(path: pathlib.Path) -> dict[str, dict[str, str]]:
@@ -217,6 +220,10 @@ async def enroll(args: argparse.Namespace) -> Tally:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    loose = sum(is_image(path) for path in args.dir.iterdir())
+    if loose:
+        print(f"face-gateway enroll: {loose} images directly in {args.dir} are left out: "
+              f"only images in a folder per person are registered", file=sys.stderr)
     try:
         tally = asyncio.run(enroll(args))
     except KeyboardInterrupt:
