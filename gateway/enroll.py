@@ -23,7 +23,7 @@ import httpx
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 SOURCE_LABEL = "source"
 PAGE_SIZE = 1000  # the registry listing's largest page
-RETRIES = 5  # for 503s and dropped connections: a backend restarting, a gateway busy
+RETRIES = 5  # for 503s and refused connections: a backend or the gateway restarting
 REDRAW_S = 0.2  # progress bar on a terminal
 LOG_EVERY_S = 2.0  # progress lines when stderr is a file or pipe
 
@@ -126,13 +126,18 @@ class Enroller:
         return {"model": self.args.model, **({"store": self.args.store} if self.args.store else {})}
 
     async def _request(self, method: str, route: str, **kw) -> httpx.Response:
-        """The response, after retrying 503s and dropped connections with a growing pause."""
+        """The response, after retrying 503s and failed connections with a growing pause.
+
+        A 503 or a refused connection means nothing was stored; any other transport error
+        on a POST may come after the gateway stored the record, so it is not retried there
+        (the next run finds the record and skips the photo)."""
+        retried = (httpx.TransportError,) if method == "GET" else (httpx.ConnectError,)
         for attempt in range(RETRIES + 1):
             try:
                 response = await self.client.request(method, route, **kw)
                 if response.status_code != 503 or attempt == RETRIES:
                     return response
-            except httpx.TransportError:
+            except retried:
                 if attempt == RETRIES:
                     raise
             await asyncio.sleep(min(2 ** attempt, 10))

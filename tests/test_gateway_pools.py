@@ -72,7 +72,7 @@ def test_two_backends_share_calls_and_killing_one_loses_no_request(tmp_path, mon
         statuses = embed_stream(url, 2.0)
         assert set(statuses) == {200}
         members = pool_of(client)
-        assert all(m["in_pool"] and m["calls"] > 5 for m in members), members
+        assert all(m["in_pool"] and m["calls"] >= 3 for m in members), members
         # Nobody else can load a model into them: each has a bearer token of the gateway's.
         for member in members:
             stub, channel = stub_for(member["address"])
