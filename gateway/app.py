@@ -16,11 +16,12 @@ from face_contract.rpc import backend_pb2 as pb
 from face_contract.similarity import confidence
 
 from . import schemas as s
-from .backends import BackendError, Backends
+from .backends import Backends
 from .bodylimit import BodyLimitMiddleware
 from .errors import error_response, install_error_handlers
 from .fetch import UrlFetcher
 from .images import image_b64
+from .members import BackendError
 from .metrics import Metrics, MetricsMiddleware
 from .settings import Settings
 from .store import Filters, Record, VectorStore, open_stores, require

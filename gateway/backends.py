@@ -17,54 +17,28 @@ import contextlib
 import dataclasses
 import io
 import logging
-import os
-import secrets
-import socket
-import subprocess
-import sys
 
 import grpc
 from PIL import Image
 
-from face_contract.errors import (IDENTITY_MISMATCH, NO_MODEL_LOADED, FaceError, InvalidInput,
-                                  NotFound)
+from face_contract.errors import InvalidInput, NotFound
 from face_contract.images import check_limits
 from face_contract.rpc import backend_pb2 as pb
-from face_contract.rpc import backend_pb2_grpc as pb_grpc
 from gallery.configs import ModelConfig, load_model_configs
 
+from .members import BackendError, Member, needs_load
 from .settings import Settings
 
 log = logging.getLogger("gateway.backends")
 
-MESSAGE_LIMIT = 50 * 1024 * 1024
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", MESSAGE_LIMIT),
-                   ("grpc.max_receive_message_length", MESSAGE_LIMIT),
-                   # A starting backend refuses connections for seconds; gRPC's default
-                   # backoff (1 s growing to 120 s) would leave it idle long after it is up.
-                   ("grpc.initial_reconnect_backoff_ms", 200),
-                   ("grpc.min_reconnect_backoff_ms", 200),
-                   ("grpc.max_reconnect_backoff_ms", 1000)]
-# Health is answered at once by a live backend, however busy: a short deadline finds hung ones.
-HEALTH_TIMEOUT_S = 3.0
 WATCH_INTERVAL_S = 1.0
 MAX_CHECK_BACKOFF_S = 30.0
-STOP_GRACE_S = 10.0
-CLOSE_GRACE_S = 5.0
 
 # Recognizer defaults of PROTOCOL.md for configs without `verify_threshold`.
 PACK_THRESHOLDS = {"buffalo_l": 0.35, "buffalo_m": 0.35, "antelopev2": 0.35,
                    "buffalo_s": 0.40, "buffalo_sc": 0.40}
 ENGINE_THRESHOLDS = {"opencv": 0.50, "onnx_direct": 0.50}
 FALLBACK_THRESHOLD = 0.35
-
-
-class BackendError(FaceError):
-    """A backend's gRPC failure, keeping its status code for the HTTP mapping."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.grpc_code = code
 
 
 def default_threshold(config: ModelConfig | None) -> float:
@@ -81,56 +55,6 @@ def default_threshold(config: ModelConfig | None) -> float:
     return PACK_THRESHOLDS.get(config.option("model_pack", "buffalo_l"), FALLBACK_THRESHOLD)
 
 
-def free_port() -> int:
-    """A loopback port free right now (for backends the gateway starts, and for tests)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclasses.dataclass(eq=False)
-class Member:
-    """One backend of a model's pool: a process the gateway runs, or an address it was given."""
-    model: str
-    external_address: str | None  # None: the gateway runs this backend itself
-    config: ModelConfig | None
-    token: str | None = None  # bearer token sent on every call
-    address: str | None = None
-    process: subprocess.Popen | None = None
-    channel: grpc.aio.Channel | None = None
-    stub: pb_grpc.BackendStub | None = None
-    loaded: bool = False  # LoadModel succeeded (or is assumed, for an external one without config)
-    out: bool = False  # out of the pool after a failed call or health check, until re-checked
-    in_flight: int = 0
-    calls: int = 0
-    starts: int = 0
-    failures: int = 0  # failed attempts of the watcher to bring it back, in a row
-    next_check: float = 0.0  # event-loop time before which the watcher leaves it alone
-    wanted: bool = False  # a call or the preload asked for it: the watcher keeps it up from then
-    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
-
-    @property
-    def managed(self) -> bool:
-        return self.external_address is None
-
-    @property
-    def running(self) -> bool:
-        return not self.managed or (self.process is not None and self.process.poll() is None)
-
-    @property
-    def usable(self) -> bool:
-        return self.loaded and not self.out and self.running and self.stub is not None
-
-    @property
-    def identity(self) -> str:
-        # Checked by the backend on every call when the gateway loaded the model itself.
-        return self.model if self.config is not None else ""
-
-    @property
-    def metadata(self) -> tuple:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
-
-
 @dataclasses.dataclass
 class Pool:
     name: str
@@ -140,11 +64,6 @@ class Pool:
         """The usable member with the fewest calls in flight (ties: the least used so far)."""
         usable = [m for m in self.members if m.usable and m not in exclude]
         return min(usable, key=lambda m: (m.in_flight, m.calls), default=None)
-
-
-def _needs_load(exc: grpc.aio.AioRpcError) -> bool:
-    """The backend lost its model (restarted) or serves another one (swapped by someone)."""
-    return (exc.details() or "").startswith((NO_MODEL_LOADED, IDENTITY_MISMATCH))
 
 
 class Backends:
@@ -213,55 +132,30 @@ class Backends:
         for attempt in (1, 2):
             member = await self._member(pool, exclude)
             try:
-                return await self._call_member(member, method, request)
+                return await member.call(method, request)
             except grpc.aio.AioRpcError as exc:
-                error = self._failure(member, exc, method)
+                error = member.failure(exc, method)
                 if attempt == 2:
                     raise error from None
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and pool.pick([member]) is not None:
                     log.warning("model %s: backend %s unavailable; retrying on another",
                                 name, member.address)
                     exclude = [member]
-                elif _needs_load(exc):  # retried on this member once reloaded, or another
+                elif needs_load(exc):  # retried on this member once reloaded, or another
                     log.warning("model %s: backend %s answered %r; loading the model again",
                                 name, member.address, exc.details())
                 else:
                     raise error from None
-
-    async def _call_member(self, member: Member, method: str, request):
-        request.ModelIdentity = member.identity
-        member.in_flight += 1
-        member.calls += 1
-        try:
-            return await getattr(member.stub, method)(
-                request, timeout=self.settings.backend_call_timeout_s, metadata=member.metadata)
-        finally:
-            member.in_flight -= 1
-
-    def _failure(self, member: Member, exc: grpc.aio.AioRpcError, what: str) -> BackendError:
-        """The error a caller sees; marks the member for a re-check when the failure is its own."""
-        code = exc.code()
-        if code == grpc.StatusCode.UNAVAILABLE:
-            member.out = True
-            return BackendError(code, f"the backend of model '{member.model}' is unavailable "
-                                      f"({exc.details()}); retry shortly")
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            member.out = True  # hung or overloaded: the watcher's health check decides
-            return BackendError(code, f"the backend of model '{member.model}' did not "
-                                      f"answer {what} in time; retry shortly")
-        if _needs_load(exc):
-            member.loaded = False
-        return BackendError(code, exc.details() or code.name)
 
     def _pool(self, name: str) -> Pool:
         if name not in self._pools:
             config = self.config(name)
             addresses = self.settings.external_backends.get(name)
             if addresses:
-                members = [Member(name, address, config, token=self.settings.auth_token)
+                members = [Member(name, address, config, self.settings, token=self.settings.auth_token)
                            for address in addresses]
             else:
-                members = [Member(name, None, config)
+                members = [Member(name, None, config, self.settings)
                            for _ in range(self.settings.backends_per_model)]
             self._pools[name] = Pool(name, members)
         return self._pools[name]
@@ -272,7 +166,7 @@ class Backends:
         if member is not None:
             return member
         candidates = [m for m in pool.members if m not in exclude]
-        results = await asyncio.gather(*(self._ensure(m) for m in candidates),
+        results = await asyncio.gather(*(m.ensure() for m in candidates),
                                        return_exceptions=True)
         member = pool.pick(exclude)
         if member is not None:
@@ -282,111 +176,6 @@ class Backends:
             raise errors[0]
         raise BackendError(grpc.StatusCode.UNAVAILABLE,
                            f"no backend of model '{pool.name}' is available; retry shortly")
-
-    async def _ensure(self, member: Member) -> None:
-        """Brings a member up (start, connect, health, load) unless it is usable already."""
-        member.wanted = True
-        async with member.lock:  # one start / load per member; other callers wait for it
-            if not member.usable:
-                await self._bring_up(member)
-
-    async def _bring_up(self, member: Member) -> None:
-        if member.managed and not member.running:
-            await self._start(member)
-        elif member.channel is None:
-            self._connect(member, member.external_address)
-        step = "Health"
-        try:
-            try:
-                await self._health(member)
-            except grpc.aio.AioRpcError:
-                if not member.managed:
-                    raise
-                log.warning("backend of model %s (pid %d) does not answer health checks; "
-                            "restarting it", member.model, member.process.pid)
-                await self._start(member, kill=True)
-                await self._health(member)
-            if member.out and member.loaded:  # alive again: is the model still loaded?
-                step = "Status"
-                status = await member.stub.Status(pb.HealthMessage(), timeout=HEALTH_TIMEOUT_S,
-                                                  metadata=member.metadata)
-                member.loaded = status.state == pb.StatusResponse.READY
-            if not member.loaded:
-                step = "LoadModel"
-                await self._load(member)
-        except grpc.aio.AioRpcError as exc:
-            raise self._failure(member, exc, step) from None
-        member.out = False
-
-    async def _health(self, member: Member) -> None:
-        await member.stub.Health(pb.HealthMessage(), timeout=HEALTH_TIMEOUT_S,
-                                 metadata=member.metadata)
-
-    async def _load(self, member: Member) -> None:
-        cfg = member.config
-        if cfg is not None:
-            model_file = str(cfg.models_dir / cfg.model) if cfg.model else ""
-            result = await member.stub.LoadModel(
-                pb.ModelOptions(Model=cfg.name, ModelPath=str(cfg.models_dir),
-                                ModelFile=model_file, Options=list(cfg.options),
-                                Threads=self.settings.backend_threads),
-                timeout=self.settings.backend_load_timeout_s, metadata=member.metadata)
-            if not result.success:
-                raise BackendError(grpc.StatusCode.INTERNAL,
-                                   f"model '{cfg.name}' failed to load: {result.message}")
-            log.info("model %s loaded on %s", cfg.name, member.address)
-        member.loaded = True
-
-    def _connect(self, member: Member, address: str) -> None:
-        member.address = address
-        member.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        member.stub = pb_grpc.BackendStub(member.channel)
-
-    async def _start(self, member: Member, kill: bool = False) -> None:
-        await self._discard(member, kill)
-        address = f"127.0.0.1:{free_port()}"
-        # A token of the gateway's own unless one is configured: no other local process
-        # can then call LoadModel on its backends and swap the model under it.
-        member.token = self.settings.auth_token or secrets.token_urlsafe(32)
-        # The backend logs at the gateway's level unless told otherwise.
-        env = {"FACE_LOG_LEVEL": logging.getLevelName(logging.getLogger().level), **os.environ,
-               "LOCALAI_GRPC_AUTH_TOKEN": member.token}
-        # Popen runs on the event loop's (main) thread: the parent-death signal set by
-        # gateway.launch follows the thread that started the child, so it must outlive it.
-        member.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.launch", str(os.getpid()),
-             sys.executable, "-m", "backend", "--addr", address],
-            env=env, stdin=subprocess.DEVNULL, start_new_session=True)
-        member.starts += 1
-        member.loaded = False
-        log.info("started backend for model %s: pid %d on %s",
-                 member.model, member.process.pid, address)
-        self._connect(member, address)
-        deadline = asyncio.get_running_loop().time() + self.settings.backend_start_timeout_s
-        while True:
-            if member.process.poll() is not None:
-                raise BackendError(grpc.StatusCode.UNAVAILABLE,
-                                   f"the backend of model '{member.model}' exited with code "
-                                   f"{member.process.returncode} while starting")
-            if asyncio.get_running_loop().time() > deadline:
-                await self._discard(member, kill=True)
-                raise BackendError(grpc.StatusCode.UNAVAILABLE,
-                                   f"the backend of model '{member.model}' did not start within "
-                                   f"{self.settings.backend_start_timeout_s:g} s")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(member.channel.channel_ready(), 0.5)
-                return
-
-    async def _discard(self, member: Member, kill: bool = False) -> None:
-        """Stops the process (if any; `kill`: at once, it is hung), then closes the channel."""
-        channel, member.channel, member.stub = member.channel, None, None
-        member.loaded = False
-        if member.managed and member.process is not None:
-            await _stop_process(member.process, kill)
-        if channel is not None:
-            # With the process gone, calls still in flight end at once with UNAVAILABLE
-            # (503); closing without a grace period would cancel them instead (500).
-            await channel.close(grace=CLOSE_GRACE_S)
 
     # -- supervision ----------------------------------------------------------
 
@@ -404,7 +193,7 @@ class Backends:
                 Image.new("RGB", (64, 64)).save(jpeg, "JPEG")
                 check_limits(jpeg.getvalue(), "warm-up image")
                 src = base64.b64encode(jpeg.getvalue()).decode("ascii")
-                await asyncio.gather(*(self._call_member(m, "Detect", pb.DetectOptions(src=src))
+                await asyncio.gather(*(m.call("Detect", pb.DetectOptions(src=src))
                                        for m in pool.members if m.usable))
             except Exception as exc:  # the first request retries and reports it
                 log.error("preloading model %s failed: %s", name, exc)
@@ -430,14 +219,14 @@ class Backends:
             member.out = True
         elif member.usable:
             try:
-                await self._health(member)
+                await member.health()
                 return
             except grpc.aio.AioRpcError as exc:
                 log.warning("backend %s of model %s failed a health check (%s); out of the pool",
                             member.address, member.model, exc.code().name)
                 member.out = True
         try:  # restart, reconnect or reload it
-            await self._ensure(member)
+            await member.ensure()
             member.failures = 0
         except Exception as exc:  # the watch goes on, backing off; a request may retry sooner
             member.failures += 1
@@ -468,9 +257,9 @@ class Backends:
         if not member.loaded:
             return "loading"
         if member.channel is None:
-            self._connect(member, member.external_address)
+            member.connect(member.external_address)
         try:
-            await self._health(member)
+            await member.health()
             return "ok"
         except grpc.aio.AioRpcError as exc:
             return f"unreachable: {exc.code().name} {exc.details()}"
@@ -490,17 +279,5 @@ class Backends:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        await asyncio.gather(*(self._discard(m) for pool in self._pools.values()
+        await asyncio.gather(*(m.discard() for pool in self._pools.values()
                                for m in pool.members))
-
-
-async def _stop_process(process: subprocess.Popen, kill: bool = False) -> None:
-    if process.poll() is None and kill:
-        process.kill()  # hung (perhaps stopped): SIGTERM would wait for nothing
-    elif process.poll() is None:
-        process.terminate()  # the backend stops cleanly on SIGTERM
-        try:
-            await asyncio.wait_for(asyncio.to_thread(process.wait), STOP_GRACE_S)
-        except asyncio.TimeoutError:
-            process.kill()
-    await asyncio.to_thread(process.wait)
