@@ -172,7 +172,9 @@ class Enroller:
                 "labels": {**self.labels.get(relative, {}), SOURCE_LABEL: relative}}
         try:
             response = await self._request("POST", "/v1/face/register", json=body)
-        except httpx.TransportError as exc:
+        except httpx.ConnectError:
+            raise  # the gateway is gone: the run ends (and resumes when run again)
+        except httpx.TransportError as exc:  # this request only (a timeout, a cut connection)
             tally.failed.append(f"{relative}: {type(exc).__name__} {exc}")
             return
         if response.status_code == 200:
@@ -234,7 +236,8 @@ def main(argv=None) -> None:
     except KeyboardInterrupt:
         raise SystemExit("face-gateway enroll: interrupted; run it again to resume") from None
     except httpx.TransportError as exc:
-        raise SystemExit(f"face-gateway enroll: cannot reach {args.url}: {exc}") from None
+        raise SystemExit(f"face-gateway enroll: cannot reach {args.url} ({exc}); run it again "
+                         f"to resume") from None
     for relative in tally.no_face:
         print(f"no face: {relative}")
     for failure in tally.failed:
