@@ -14,6 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from gateway.enroll import find_photos, read_label_csv
 from gateway_support import gateway_process, write_config
 from support import FACES, ROOT, image_b64, needs_shared, read_labels
 
@@ -154,3 +155,18 @@ def test_interrupted_enroll_resumes_without_duplicates(gw, tmp_path):
     assert (skipped, total, failed) == (before, len(photos), 0)
     sources = [r["labels"]["source"] for r in registry(gw, store="small")]
     assert len(sources) == len(set(sources)) == before + registered == len(photos) - no_face
+
+
+def test_enroll_finds_photos_per_person_and_reads_label_csvs(tmp_path):
+    for path in ("ann/a.jpg", "ann/trip/b.PNG", "bob/c.webp", "bob/notes.txt", "loose.jpg"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(b"x")
+    assert find_photos(tmp_path) == ["ann/a.jpg", "ann/trip/b.PNG", "bob/c.webp"]
+    good = tmp_path / "labels.csv"
+    good.write_text("file,identity,age\nann/a.jpg,Ann,\nbob/c.webp,Bob,41\n")
+    assert read_label_csv(good) == {"ann/a.jpg": {"identity": "Ann"},
+                                    "bob/c.webp": {"identity": "Bob", "age": "41"}}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,identity\nann/a.jpg,Ann\n")
+    with pytest.raises(SystemExit, match="no `file` column"):
+        read_label_csv(bad)
