@@ -279,5 +279,6 @@ class Backends:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        await asyncio.gather(*(m.discard() for pool in self._pools.values()
+        # One out of the pool may be hung: it would only sit out the SIGTERM grace period.
+        await asyncio.gather(*(m.discard(kill=m.out) for pool in self._pools.values()
                                for m in pool.members))
