@@ -20,7 +20,7 @@ StoreField = Field(None, description="configured store name; omitted: local-stor
 ImageDoc = ("http(s) URL, data: URI or bare base64 image bytes (or, in a multipart/form-data "
             "request, the image file)")
 # The image fields, by the names callers send (a multipart upload's file parts).
-IMAGE_FIELDS = ("img", "img1", "img2", "image")
+IMAGE_FIELDS = ("img", "img1", "img2", "image", "imgs")  # imgs: the part repeated
 JPEG = "/9j/4AAQSkZJRgABAQAAAQABAAD..."  # base64 of a JPEG, shortened in the examples
 
 

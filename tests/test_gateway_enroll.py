@@ -98,6 +98,11 @@ def test_register_several_photos_as_records_or_one_template(gw):
     assert distance[template["id"]] <= sum(distance[i] for i in several["ids"]) / 3 + 1e-6
     assert {m["name"] for m in matches if m["id"] in distance} == {name}
 
+    # The same as a form upload: one `imgs` file part per photo.
+    uploaded = ok(gw.post("/v1/face/register", data={"name": name}, files=[
+        ("imgs", (f.split("/")[-1], (LFW / f).read_bytes(), "image/jpeg")) for f in files[:2]]))
+    assert len(uploaded["ids"]) == 2
+
     # A photo without a face fails the request, names the photo and stores nothing.
     before = len(registry(gw, name=name))
     failed = gw.post("/v1/face/register", json={"imgs": [photos[0], blank_jpeg()], "name": name})
