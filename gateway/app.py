@@ -223,11 +223,15 @@ async def detection(body: s.DetectionRequest, gw: Gateway = Depends(gateway)):
         class_name=d.class_name or "face", confidence=_f(d.confidence)) for d in r.Detections])
 
 
+# Where the backends run: for a read-write key, or a loopback caller with keys off.
+BACKEND_DETAILS = ("pid", "address", "backends")
+
+
 @api.get("/v1/models", response_model=s.ModelList, **face)
 async def models(request: Request, gw: Gateway = Depends(gateway)):
     items = gw.backends.describe()
     if not auth.may_see_backends(request):
-        items = [{k: v for k, v in item.items() if k not in ("pid", "address")} for item in items]
+        items = [{k: v for k, v in item.items() if k not in BACKEND_DETAILS} for item in items]
     return s.ModelList(data=[s.ModelInfo(**item) for item in items])
 
 
