@@ -10,7 +10,8 @@ import pathlib
 import uvicorn
 
 from .app import create_app
-from .settings import Settings, parse_backend_spec
+from .httpserver import guarded_protocol
+from .settings import Settings, default_max_concurrency, parse_backend_spec
 
 
 def _env_flag(name: str) -> bool:
@@ -52,6 +53,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--url-timeout", type=float,
                    default=float(env("FACE_URL_TIMEOUT", Settings.url_timeout_s)),
                    help="seconds allowed to fetch an image URL; env FACE_URL_TIMEOUT")
+    p.add_argument("--max-concurrency", type=int,
+                   default=int(env("FACE_MAX_CONCURRENCY", default_max_concurrency())),
+                   help="image requests served at once; past it 503 + Retry-After "
+                        "(default 4 per core, at least 8); env FACE_MAX_CONCURRENCY")
+    p.add_argument("--max-inflight-bytes", type=int,
+                   default=int(env("FACE_MAX_INFLIGHT_BYTES", Settings.max_inflight_bytes)),
+                   help="request body bytes held at once over all requests; past it 503 + "
+                        "Retry-After; env FACE_MAX_INFLIGHT_BYTES")
+    p.add_argument("--body-timeout", type=float,
+                   default=float(env("FACE_BODY_TIMEOUT", Settings.body_timeout_s)),
+                   help="seconds allowed to receive a request body (408 past it); "
+                        "env FACE_BODY_TIMEOUT")
+    p.add_argument("--header-timeout", type=float,
+                   default=float(env("FACE_HEADER_TIMEOUT", Settings.header_timeout_s)),
+                   help="seconds allowed from connecting to complete request headers (408 "
+                        "past it); env FACE_HEADER_TIMEOUT")
+    p.add_argument("--keep-alive-timeout", type=float,
+                   default=float(env("FACE_KEEP_ALIVE_TIMEOUT", Settings.keep_alive_timeout_s)),
+                   help="seconds an idle keep-alive connection stays open; "
+                        "env FACE_KEEP_ALIVE_TIMEOUT")
     p.add_argument("--backend-timeout", type=float,
                    default=float(env("FACE_BACKEND_TIMEOUT", Settings.backend_call_timeout_s)),
                    help="deadline of each backend call in seconds; env FACE_BACKEND_TIMEOUT")
@@ -66,6 +87,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         stores=tuple(args.stores or _env_list("FACE_STORES") or ["local-store"]),
         allow_private_urls=args.allow_private_urls, max_body_bytes=args.max_body_bytes,
         max_url_bytes=args.max_url_bytes, url_timeout_s=args.url_timeout,
+        max_concurrency=args.max_concurrency, max_inflight_bytes=args.max_inflight_bytes,
+        body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout,
+        keep_alive_timeout_s=args.keep_alive_timeout,
         backend_call_timeout_s=args.backend_timeout,
         auth_token=os.environ.get("LOCALAI_GRPC_AUTH_TOKEN") or None)
 
@@ -81,7 +105,9 @@ def main(argv=None) -> None:
     # A bounded graceful shutdown: requests still running after it get cut off, and the
     # lifespan then stops the backends.
     uvicorn.run(create_app(settings), host=args.host, port=args.port,
-                log_level=args.log_level.lower(), timeout_graceful_shutdown=30)
+                log_level=args.log_level.lower(), timeout_graceful_shutdown=30,
+                http=guarded_protocol(settings.header_timeout_s), ws="none",
+                timeout_keep_alive=settings.keep_alive_timeout_s)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,13 @@ from face_contract.rpc import backend_pb2 as pb
 from face_contract.similarity import confidence
 
 from . import schemas as s
+from .admission import ConcurrencyLimitMiddleware
 from .backends import Backends
 from .bodylimit import BodyLimitMiddleware
 from .errors import error_response, install_error_handlers
 from .fetch import UrlFetcher
 from .images import image_b64
+from .jsonbody import OffLoopJsonRoute
 from .metrics import Metrics, MetricsMiddleware
 from .settings import Settings
 from .store import Filters, Record, VectorStore, open_stores, require
@@ -44,8 +46,8 @@ async def gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 404, 412, 413, 500, 503)}
-api = APIRouter(responses=ERRORS)
+ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 404, 408, 412, 413, 500, 503)}
+api = APIRouter(responses=ERRORS, route_class=OffLoopJsonRoute)
 face = dict(response_model_exclude_none=True)
 
 
@@ -142,9 +144,12 @@ async def forget(body: s.ForgetRequest, gw: Gateway = Depends(gateway)):
 
 
 @api.get("/v1/face/registry", response_model=s.RegistryResponse, **face)
-async def registry(model: str | None = None, store: str | None = None, name: str | None = None,
+async def registry(model: str | None = Query(None, max_length=s.MAX_ID),
+                   store: str | None = Query(None, max_length=s.MAX_ID),
+                   name: str | None = Query(None, max_length=s.MAX_NAME),
                    limit: int = Query(100, ge=1, le=s.MAX_LIST_LIMIT),
-                   offset: int = Query(0, ge=0), gw: Gateway = Depends(gateway)):
+                   offset: int = Query(0, ge=0, le=s.MAX_LIST_OFFSET),
+                   gw: Gateway = Depends(gateway)):
     chosen = require(gw.stores, store)
     filters = Filters(model=model, name=name)
     records = await asyncio.to_thread(chosen.list, filters, limit, offset)
@@ -159,9 +164,10 @@ async def detection(body: s.DetectionRequest, gw: Gateway = Depends(gateway)):
     image = await image_b64(body.image, "image", gw.fetcher)
     r = await gw.backends.call(model, "Detect", pb.DetectOptions(
         src=image, threshold=body.threshold or 0.0))
+    kept = sorted(r.Detections, key=lambda d: d.confidence, reverse=True)[:body.max_faces]
     return s.DetectionResponse(detections=[s.Detection(
         x=_f(d.x), y=_f(d.y), width=_f(d.width), height=_f(d.height),
-        class_name=d.class_name or "face", confidence=_f(d.confidence)) for d in r.Detections])
+        class_name=d.class_name or "face", confidence=_f(d.confidence)) for d in kept])
 
 
 @api.get("/v1/models", response_model=s.ModelList, **face)
@@ -216,6 +222,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.gateway = gw
     app.include_router(api)
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       max_inflight_bytes=settings.max_inflight_bytes,
+                       body_timeout_s=settings.body_timeout_s)
+    # Outside the body limit: a request refused for concurrency is refused before its body is read.
+    app.add_middleware(ConcurrencyLimitMiddleware, max_concurrency=settings.max_concurrency)
     app.add_middleware(MetricsMiddleware, metrics=gw.metrics)  # added last: outermost
     return app

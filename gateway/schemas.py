@@ -3,7 +3,9 @@
 Field names are those of the gRPC messages. Optional response fields are None
 when not computed and dropped from the JSON (routes use response_model_exclude_none).
 """
-from pydantic import BaseModel, Field, field_validator
+from typing import Annotated
+
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 MAX_LABELS = 32
 MAX_LABEL_KEY = 64
@@ -11,9 +13,21 @@ MAX_LABEL_VALUE = 256
 MAX_NAME = 256
 MAX_TOP_K = 1000
 MAX_LIST_LIMIT = 1000
+MAX_LIST_OFFSET = 2**31 - 1
+MAX_ACTIONS = 8
+MAX_ACTION = 32
+MAX_ID = 256          # model, store and record ids
+DEFAULT_MAX_FACES = 100
+MAX_FACES = 1000
 
-ModelField = Field(None, description="installed model name; omitted: the gateway's default model")
-StoreField = Field(None, description="configured store name; omitted: local-store")
+ModelField = Field(None, max_length=MAX_ID,
+                   description="installed model name; omitted: the gateway's default model")
+StoreField = Field(None, max_length=MAX_ID,
+                   description="configured store name; omitted: local-store")
+# Not finite or outside (0, 2] is a 400: cosine distances lie in [0, 2].
+DistanceThreshold = Field(None, gt=0, le=2, allow_inf_nan=False,
+                          description="cosine distance in (0, 2]; omitted: the model's default")
+Action = Annotated[str, StringConstraints(max_length=MAX_ACTION)]
 ImageDoc = "http(s) URL, data: URI or bare base64 image bytes"
 
 
@@ -23,16 +37,16 @@ class VerifyRequest(BaseModel):
     model: str | None = ModelField
     img1: str = Field(description=ImageDoc)
     img2: str = Field(description=ImageDoc)
-    threshold: float | None = Field(None, ge=0, description="cosine distance; 0 or omitted: "
-                                                            "the model's default")
+    threshold: float | None = DistanceThreshold
     anti_spoofing: bool = False
 
 
 class AnalyzeRequest(BaseModel):
     model: str | None = ModelField
     img: str = Field(description=ImageDoc)
-    actions: list[str] | None = Field(None, description="attributes to compute (age, gender); "
-                                                        "omitted or empty: all supported")
+    actions: list[Action] | None = Field(
+        None, max_length=MAX_ACTIONS, description=f"attributes to compute (age, gender), at most "
+                                                  f"{MAX_ACTIONS}; omitted or empty: all supported")
     anti_spoofing: bool = False
 
 
@@ -76,20 +90,23 @@ class IdentifyRequest(BaseModel):
     model: str | None = ModelField
     img: str = Field(description=ImageDoc)
     top_k: int = Field(5, ge=1, le=MAX_TOP_K)
-    threshold: float | None = Field(None, ge=0, description="cosine distance; 0 or omitted: "
-                                                            "the model's default")
+    threshold: float | None = DistanceThreshold
     store: str | None = StoreField
 
 
 class ForgetRequest(BaseModel):
-    id: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=MAX_ID)
     store: str | None = StoreField
 
 
 class DetectionRequest(BaseModel):
     model: str | None = ModelField
     image: str = Field(description=ImageDoc)
-    threshold: float | None = Field(None, ge=0, le=1, description="lowest confidence returned")
+    threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,
+                                    description="lowest confidence returned")
+    max_faces: int = Field(DEFAULT_MAX_FACES, ge=1, le=MAX_FACES,
+                           description=f"most faces returned, highest confidence first "
+                                       f"(at most {MAX_FACES})")
 
 
 # -- responses ------------------------------------------------------------------

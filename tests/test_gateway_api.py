@@ -1,5 +1,7 @@
 """The HTTP surface that needs no face model: errors, validation, model/store choice,
 registry listing, forget, metrics and docs. The app runs under uvicorn in this process."""
+import base64
+
 import httpx
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ import pytest
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.store import LocalStore, Record
-from gateway_support import app_server, write_config
+from gateway_support import app_server, png_header_only, write_config
 from support import free_port
 
 # A port nothing listens on: the external backend of model `down` is unreachable.
@@ -112,7 +114,8 @@ def test_bad_base64_is_400_before_any_backend(api):
 
 
 def test_unreachable_backend_is_503_quickly(api):
-    err = error_of(api.post("/v1/face/embed", json={"model": "down", "img": "aGVsbG8="}),
+    header_only = base64.b64encode(png_header_only(32, 32)).decode()  # passes the gateway's checks
+    err = error_of(api.post("/v1/face/embed", json={"model": "down", "img": header_only}),
                    503, "'down'", "unavailable")
     assert err["type"] == "unavailable"
     ready = api.get("/readyz")

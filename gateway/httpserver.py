@@ -1,0 +1,79 @@
+"""uvicorn's HTTP protocol with bounds on the request head.
+
+uvicorn limits neither how long a client may take to send its request line and
+headers nor (with httptools) how large they may be, and arms its keep-alive
+timer only after a first response: a client that connects and trickles a byte
+a second would hold its connection for ever. Here a timer runs from the moment
+a connection opens (and again after each response) until the headers are
+complete: past it the connection gets 408 and is closed; headers larger than
+the cap get 431.
+"""
+import json
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .errors import error_type
+
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+
+
+def _raw_error(status: int, reason: str, message: str) -> bytes:
+    body = json.dumps({"error": {"code": status, "message": message,
+                                 "type": error_type(status)}}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+
+def guarded_protocol(header_timeout_s: float, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES):
+    """A protocol class for uvicorn's `http=` with these head limits."""
+
+    class GuardedHttpProtocol(HttpToolsProtocol):
+        _head_timer = None
+        _head_bytes = 0
+
+        def _arm(self) -> None:
+            self._head_bytes = 0
+            self._head_timer = self.loop.call_later(header_timeout_s, self._head_too_slow)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _refuse(self, status: int, reason: str, message: str) -> None:
+            self._disarm()
+            if not self.transport.is_closing():
+                self.transport.write(_raw_error(status, reason, message))
+                self.transport.close()
+
+        def _head_too_slow(self) -> None:
+            self._head_timer = None
+            self._refuse(408, "Request Timeout", f"the request line and headers did not "
+                                                 f"arrive within {header_timeout_s:g} s")
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._head_timer is not None:  # the headers are still incomplete
+                self._head_bytes += len(data)
+                if self._head_bytes > max_header_bytes:
+                    self._refuse(431, "Request Header Fields Too Large",
+                                 f"the request line and headers exceed {max_header_bytes} bytes")
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.timeout_keep_alive_task is not None:  # idle, waiting for the next request
+                self._arm()
+
+    return GuardedHttpProtocol
