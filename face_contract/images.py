@@ -40,7 +40,7 @@ def _b64_piece(piece: str, final: bool) -> tuple[bytes, str]:
     return binascii.a2b_base64(quads, strict_mode=True), piece[cut:]
 
 
-def b64_to_bytes(text: str, field: str = "image") -> bytes:
+def b64_to_bytes(text: str, field: str = "image") -> bytearray:
     """Base64 (line breaks allowed) or a base64 data URI -> bytes; anything else is a 400.
 
     Decoded a megabyte at a time: between pieces a thread waiting for the GIL (the
@@ -65,7 +65,7 @@ def b64_to_bytes(text: str, field: str = "image") -> bytes:
             out += decoded
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput(f"{field} is not valid base64: {exc}") from None
-    return bytes(out)
+    return out  # not copied into bytes: every reader here and OpenCV take a bytearray
 
 
 class _Header:

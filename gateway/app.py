@@ -67,8 +67,9 @@ def _area(area: pb.FacialArea) -> s.FacialArea:
 @api.post("/v1/face/verify", response_model=s.VerifyResponse, **face)
 async def verify(body: s.VerifyRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
-    img1, img2 = await asyncio.gather(image_b64(body.img1, "img1", gw.fetcher),
-                                      image_b64(body.img2, "img2", gw.fetcher))
+    # One after the other: each check holds a decoded copy of its image for a moment.
+    img1 = await image_b64(body.img1, "img1", gw.fetcher)
+    img2 = await image_b64(body.img2, "img2", gw.fetcher)
     r = await gw.backends.call(model, "FaceVerify", pb.FaceVerifyRequest(
         img1=img1, img2=img2, threshold=body.threshold or 0.0,
         anti_spoofing=body.anti_spoofing))

@@ -74,20 +74,20 @@ class BodyLimitMiddleware:
                 late = error_response(408, f"the request body did not arrive within "
                                            f"{self.body_timeout_s:g} s")
                 return await late(scope, receive, send)
-            body = b"".join(chunks)
-            chunks.clear()
-            await self._run_until_disconnect(scope, body, receive, send)
+            await self._run_until_disconnect(scope, chunks, receive, send)
         finally:
             self.inflight_bytes -= held
 
-    async def _run_until_disconnect(self, scope, body: bytes, receive, send) -> None:
+    async def _run_until_disconnect(self, scope, chunks: list[bytes], receive, send) -> None:
         gone = asyncio.Event()
         replayed = answered = False
 
         async def replay():
             nonlocal replayed
-            if not replayed:
+            if not replayed:  # joined here and not kept: the app may free the body early
                 replayed = True
+                body = b"".join(chunks)
+                chunks.clear()
                 return {"type": "http.request", "body": body, "more_body": False}
             await gone.wait()
             return {"type": "http.disconnect"}

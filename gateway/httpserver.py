@@ -5,14 +5,14 @@ headers nor (with httptools) how large they may be, and arms its keep-alive
 timer only after a first response: a client that connects and trickles a byte
 a second would hold its connection for ever. Here a timer runs from the moment
 a connection opens (and again after each response) until the headers are
-complete: past it the connection gets 408 and is closed; headers larger than
-the cap get 431.
+complete: past it the connection gets 408 and is closed; a request line and
+headers larger than the cap get 431 (counted as they arrive and as parsed).
 """
 import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .errors import error_type
+from .errors import error_response, error_type
 
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 
@@ -26,10 +26,17 @@ def _raw_error(status: int, reason: str, message: str) -> bytes:
 
 def guarded_protocol(header_timeout_s: float, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES):
     """A protocol class for uvicorn's `http=` with these head limits."""
+    too_large_message = f"the request line and headers exceed {max_header_bytes} bytes"
+
+    async def too_large(scope, receive, send):  # an ASGI app answering one request
+        response = error_response(431, too_large_message)
+        response.headers["connection"] = "close"
+        await response(scope, receive, send)
 
     class GuardedHttpProtocol(HttpToolsProtocol):
         _head_timer = None
-        _head_bytes = 0
+        _head_bytes = 0     # received while the head is incomplete
+        _parsed_bytes = 0   # request line and headers parsed for the current request
 
         def _arm(self) -> None:
             self._head_bytes = 0
@@ -64,12 +71,26 @@ def guarded_protocol(header_timeout_s: float, max_header_bytes: int = DEFAULT_MA
             if self._head_timer is not None:  # the headers are still incomplete
                 self._head_bytes += len(data)
                 if self._head_bytes > max_header_bytes:
-                    self._refuse(431, "Request Header Fields Too Large",
-                                 f"the request line and headers exceed {max_header_bytes} bytes")
+                    self._refuse(431, "Request Header Fields Too Large", too_large_message)
+
+        def on_url(self, url: bytes) -> None:
+            self._parsed_bytes += len(url)
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._parsed_bytes += len(name) + len(value)
+            super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
             self._disarm()
-            super().on_headers_complete()
+            parsed, self._parsed_bytes = self._parsed_bytes, 0
+            if parsed <= max_header_bytes:
+                return super().on_headers_complete()
+            app, self.app = self.app, too_large  # this request alone gets the 431
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

@@ -90,5 +90,9 @@ class OffLoopJsonRoute(APIRoute):
                 body = await request.body()
                 if body:  # FastAPI's request.json() returns this cache
                     request._json = await asyncio.to_thread(parse_json, body)
+                    # FastAPI reads the raw body again only to see it is not empty: a
+                    # placeholder lets the parsed strings be the one copy of a big body.
+                    request._body = b" "
+                    del body
             return await handle(request)
         return parse_then_handle
