@@ -7,7 +7,7 @@ MODELS_DIR ?= models
 DATA_DIR ?= data
 PORT ?= 8080
 
-.PHONY: install proto test run bench-deps bench-accuracy bench-latency
+.PHONY: install proto test run bench-deps bench-accuracy bench-latency soak
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,8 @@ bench-accuracy: bench-deps
 
 bench-latency: bench-deps
 	$(BIN)/python -m bench.latency $(BENCH_ARGS)
+
+# 8 clients of mixed routes against a real gateway for SOAK_SECONDS (default 120): errors,
+# p95 per route and gateway+backend memory at start and end (growth under 10%: PASS).
+soak:
+	$(BIN)/python -m bench.soak

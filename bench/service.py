@@ -75,12 +75,18 @@ class Service:
 
     def post_raw(self, route: str, content: bytes) -> Reply:
         """POSTs a ready JSON body (latency loops serialise theirs once, outside the timing)."""
+        return self.send("POST", route, content)
+
+    def get(self, route: str) -> Reply:
+        return self.send("GET", route)
+
+    def send(self, method: str, route: str, content: bytes | None = None) -> Reply:
         for attempt in (1, 2):
             conn = self._connection()
             started = time.perf_counter()
             try:
-                conn.request("POST", route, body=content,
-                             headers={"content-type": "application/json"})
+                conn.request(method, route, body=content,
+                             headers={"content-type": "application/json"} if content else {})
                 response = conn.getresponse()
                 data = response.read()
                 break
@@ -142,6 +148,7 @@ def running_gateway(stores: tuple[str, ...] = ("local-store",)):
         try:
             wait_until_ok(base_url, "/readyz", proc)  # the default model is loaded
             service = Service(base_url)
+            service.pid = proc.pid  # whose memory a soak run watches
             yield service
         finally:
             if service is not None:

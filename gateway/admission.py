@@ -22,7 +22,21 @@ class ConcurrencyLimitMiddleware:
                                   retry_after_s=RETRY_AFTER_S)
             return await busy(scope, receive, send)
         self.active += 1
+        released = False
+
+        def release():
+            nonlocal released
+            if not released:
+                released, self.active = True, self.active - 1
+
+        async def send_releasing_at_the_end(message):
+            # Freed before the last byte goes out: a client that sends its next request
+            # the moment it has this answer must not find its own slot still taken.
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                release()
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_releasing_at_the_end)
         finally:
-            self.active -= 1
+            release()
