@@ -3,6 +3,7 @@
 Every option has an environment variable (FACE_*); a command-line option wins.
 """
 import argparse
+import functools
 import logging
 import os
 import pathlib
@@ -20,6 +21,13 @@ def _env_flag(name: str) -> bool:
 
 def _env_list(name: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def _env_option(parser: argparse.ArgumentParser, flag: str, env_name: str, kind, default,
+                help: str) -> None:
+    """An option whose default comes from an environment variable."""
+    parser.add_argument(flag, type=kind, default=kind(os.environ.get(env_name, default)),
+                        help=f"{help}; env {env_name}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,26 +61,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--url-timeout", type=float,
                    default=float(env("FACE_URL_TIMEOUT", Settings.url_timeout_s)),
                    help="seconds allowed to fetch an image URL; env FACE_URL_TIMEOUT")
-    p.add_argument("--max-concurrency", type=int,
-                   default=int(env("FACE_MAX_CONCURRENCY", default_max_concurrency())),
-                   help="image requests served at once; past it 503 + Retry-After "
-                        "(default 4 per core, at least 8); env FACE_MAX_CONCURRENCY")
-    p.add_argument("--max-inflight-bytes", type=int,
-                   default=int(env("FACE_MAX_INFLIGHT_BYTES", Settings.max_inflight_bytes)),
-                   help="request body bytes held at once over all requests; past it 503 + "
-                        "Retry-After; env FACE_MAX_INFLIGHT_BYTES")
-    p.add_argument("--body-timeout", type=float,
-                   default=float(env("FACE_BODY_TIMEOUT", Settings.body_timeout_s)),
-                   help="seconds allowed to receive a request body (408 past it); "
-                        "env FACE_BODY_TIMEOUT")
-    p.add_argument("--header-timeout", type=float,
-                   default=float(env("FACE_HEADER_TIMEOUT", Settings.header_timeout_s)),
-                   help="seconds allowed from connecting to complete request headers (408 "
-                        "past it); env FACE_HEADER_TIMEOUT")
-    p.add_argument("--keep-alive-timeout", type=float,
-                   default=float(env("FACE_KEEP_ALIVE_TIMEOUT", Settings.keep_alive_timeout_s)),
-                   help="seconds an idle keep-alive connection stays open; "
-                        "env FACE_KEEP_ALIVE_TIMEOUT")
+    limit = functools.partial(_env_option, p)
+    limit("--max-concurrency", "FACE_MAX_CONCURRENCY", int, default_max_concurrency(),
+          "image requests served at once; past it 503 + Retry-After (default 4 per core, "
+          "at least 8)")
+    limit("--max-inflight-bytes", "FACE_MAX_INFLIGHT_BYTES", int, Settings.max_inflight_bytes,
+          "request body bytes held at once over all requests; past it 503 + Retry-After")
+    limit("--body-timeout", "FACE_BODY_TIMEOUT", float, Settings.body_timeout_s,
+          "seconds allowed to receive a request body (408 past it)")
+    limit("--header-timeout", "FACE_HEADER_TIMEOUT", float, Settings.header_timeout_s,
+          "seconds allowed from connecting to complete request headers (408 past it)")
+    limit("--keep-alive-timeout", "FACE_KEEP_ALIVE_TIMEOUT", float,
+          Settings.keep_alive_timeout_s, "seconds an idle keep-alive connection stays open")
     p.add_argument("--backend-timeout", type=float,
                    default=float(env("FACE_BACKEND_TIMEOUT", Settings.backend_call_timeout_s)),
                    help="deadline of each backend call in seconds; env FACE_BACKEND_TIMEOUT")
