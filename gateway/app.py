@@ -36,8 +36,9 @@ class Gateway:
     metrics: Metrics
 
     async def embedding(self, model: str, img: str, field: str = "img") -> list[float]:
-        request = pb.PredictOptions(Images=[await image_b64(img, field, self.fetcher)])
-        result = await self.backends.call(model, "Embedding", request)
+        image = await image_b64(img, field, self.fetcher)
+        result = await self.backends.call(model, "Embedding", pb.PredictOptions(),
+                                          large={"Images": [image]})
         return list(result.embeddings)
 
 
@@ -71,8 +72,8 @@ async def verify(body: s.VerifyRequest, gw: Gateway = Depends(gateway)):
     img1 = await image_b64(body.img1, "img1", gw.fetcher)
     img2 = await image_b64(body.img2, "img2", gw.fetcher)
     r = await gw.backends.call(model, "FaceVerify", pb.FaceVerifyRequest(
-        img1=img1, img2=img2, threshold=body.threshold or 0.0,
-        anti_spoofing=body.anti_spoofing))
+        threshold=body.threshold or 0.0, anti_spoofing=body.anti_spoofing),
+        large={"img1": img1, "img2": img2})
     liveness = {}
     if body.anti_spoofing:
         liveness = dict(
@@ -90,7 +91,7 @@ async def analyze(body: s.AnalyzeRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     img = await image_b64(body.img, "img", gw.fetcher)
     r = await gw.backends.call(model, "FaceAnalyze", pb.FaceAnalyzeRequest(
-        img=img, actions=body.actions or [], anti_spoofing=body.anti_spoofing))
+        actions=body.actions or [], anti_spoofing=body.anti_spoofing), large={"img": img})
     # proto3 cannot tell "not computed" from zero/empty; the backend leaves what it did
     # not compute empty, and a computed age is never exactly 0.
     return s.AnalyzeResponse(faces=[s.FaceAnalysis(
@@ -164,7 +165,7 @@ async def detection(body: s.DetectionRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     image = await image_b64(body.image, "image", gw.fetcher)
     r = await gw.backends.call(model, "Detect", pb.DetectOptions(
-        src=image, threshold=body.threshold or 0.0))
+        threshold=body.threshold or 0.0), large={"src": image})
     kept = sorted(r.Detections, key=lambda d: d.confidence, reverse=True)[:body.max_faces]
     return s.DetectionResponse(detections=[s.Detection(
         x=_f(d.x), y=_f(d.y), width=_f(d.width), height=_f(d.height),

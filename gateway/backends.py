@@ -28,6 +28,7 @@ from face_contract.rpc import backend_pb2_grpc as pb_grpc
 from gallery.configs import ModelConfig, load_model_configs
 
 from .settings import Settings
+from .wire import serialise
 
 log = logging.getLogger("gateway.backends")
 
@@ -39,6 +40,7 @@ CHANNEL_OPTIONS = [("grpc.max_send_message_length", MESSAGE_LIMIT),
                    ("grpc.initial_reconnect_backoff_ms", 200),
                    ("grpc.min_reconnect_backoff_ms", 200),
                    ("grpc.max_reconnect_backoff_ms", 1000)]
+_SERVICE = pb.DESCRIPTOR.services_by_name["Backend"]
 HEALTH_TIMEOUT_S = 5.0
 WATCH_INTERVAL_S = 1.0
 STOP_GRACE_S = 10.0
@@ -166,13 +168,19 @@ class Backends:
 
     # -- calls ----------------------------------------------------------------
 
-    async def call(self, name: str, method: str, request):
-        """`method` of the model's backend (started / loaded first if needed), with a deadline."""
+    async def call(self, name: str, method: str, request, large: dict | None = None):
+        """`method` of the model's backend (started / loaded first if needed), with a deadline.
+
+        `large` holds the request's image fields, serialised on a thread (gateway.wire)."""
         backend = await self._ready(name)
         request.ModelIdentity = backend.identity
+        wire = await asyncio.to_thread(serialise, request, large or {})
+        reply = getattr(pb, _SERVICE.methods_by_name[method].output_type.name)
+        send = backend.channel.unary_unary(f"/{_SERVICE.full_name}/{method}",
+                                           response_deserializer=reply.FromString)
         try:
-            return await getattr(backend.stub, method)(
-                request, timeout=self.settings.backend_call_timeout_s, metadata=self._metadata)
+            return await send(wire, timeout=self.settings.backend_call_timeout_s,
+                              metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise self._failure(backend, exc, method) from None
 
