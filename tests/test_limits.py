@@ -204,9 +204,9 @@ def test_a_48_mib_body_keeps_healthz_fast_and_memory_within_3x(gw):
           f"{(peak - before) / MIB:.0f} MiB over its {before / MIB:.0f} MiB before")
     assert len(waits) >= 5
     assert statistics.median(waits) < HEALTHZ_BOUND_S
-    # The issue asks for 3x; the gateway holds the parsed text, the protobuf message, its
-    # serialised bytes and gRPC's own copy at once (about 5x, see README): bounded, not 3x.
-    assert peak - before <= 6 * len(body)
+    # The issue asks for 3x; the parsed text, the request bytes and gRPC's own copy are
+    # held at once, plus allocator slack (about 4x here, see README): bounded, not 3x.
+    assert peak - before <= 5 * len(body)
     assert_still_healthy(gw)
 
 
