@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 
+SURROGATE_REPARSE_BYTES = 1024 * 1024
+
 
 def _is_json(content_type: str | None) -> bool:
     if not content_type:
@@ -56,23 +58,33 @@ def _lone_surrogate(value, path: tuple) -> tuple | None:
     return None
 
 
+def _invalid(message: str) -> RequestValidationError:
+    return RequestValidationError([{"type": "json_invalid", "loc": ("body",), "input": {},
+                                    "msg": "JSON decode error", "ctx": {"error": message}}])
+
+
+def _parse(body: bytes):
+    try:
+        return pydantic_core.from_json(body)
+    except ValueError as exc:
+        if "hex escape" not in str(exc):
+            raise _invalid(str(exc)) from None
+        if len(body) > SURROGATE_REPARSE_BYTES:
+            raise _invalid(f"a string holds a lone surrogate escape such as \\ud800, which is "
+                           f"not valid UTF-8 ({exc})") from None
+    # pydantic-core refuses lone surrogate escapes outright; the json module decodes them,
+    # so the field can be named (a small body only: the json module is the slow parser).
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise _invalid(exc.msg) from None
+    except UnicodeDecodeError as exc:
+        raise _invalid(f"the body is not UTF-8 ({exc.reason})") from None
+
+
 def parse_json(body: bytes):
     """The parsed body; RequestValidationError for malformed JSON or invalid UTF-8."""
-    try:
-        parsed = pydantic_core.from_json(body)
-    except ValueError:
-        # pydantic-core refuses lone surrogate escapes outright; the json module decodes
-        # them, so the field can be named, and words other errors as clients know them.
-        try:
-            parsed = json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise RequestValidationError([{
-                "type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
-                "input": {}, "ctx": {"error": exc.msg}}]) from None
-        except UnicodeDecodeError as exc:
-            raise RequestValidationError([{
-                "type": "json_invalid", "loc": ("body",), "msg": "JSON decode error",
-                "input": {}, "ctx": {"error": f"the body is not UTF-8 ({exc.reason})"}}]) from None
+    parsed = _parse(body)
     path = _lone_surrogate(parsed, ())
     if path is not None:
         raise RequestValidationError([{

@@ -202,6 +202,12 @@ def test_lone_surrogates_are_400_naming_the_field(api, route, body, field):
     error_of(raw_post(api, route, body), 400, f"{field}: is not valid UTF-8")
 
 
+def test_undecodable_and_deeply_nested_bodies_are_400(api):
+    error_of(api.post("/v1/face/forget", content=b'{"id": "\xff\xfe"}',
+                      headers={"content-type": "application/json"}), 400, "malformed JSON")
+    error_of(raw_post(api, "/v1/face/forget", "[" * 50_000), 400, "malformed JSON", "recursion")
+
+
 def test_valid_non_ascii_text_is_accepted(api):
     error_of(raw_post(api, "/v1/face/forget", '{"id": "\\ud83d\\ude00 caf\\u00e9"}'), 404, "café")
 
