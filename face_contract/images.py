@@ -17,6 +17,7 @@ MAX_IMAGE_PIXELS = 40_000_000        # width x height after decoding (about 7700
 MIN_IMAGE_SIDE = 16
 ALLOWED_FORMATS = ("JPEG", "PNG", "WebP", "BMP", "TIFF", "GIF")
 MAX_JPEG_SEGMENTS = 1024   # markers walked before the frame header; each read is 4 bytes
+MAX_JPEG_FILL = 4096      # 0xFF padding bytes between markers, in all
 MAX_GIF_BLOCKS = 4096      # extension sub-blocks skipped before the first image descriptor
 MAX_TIFF_TAGS = 4096
 B64_PIECE_CHARS = 1 << 20
@@ -82,10 +83,12 @@ class _Header:
 
 
 def _jpeg(h: _Header) -> tuple[int, int]:
-    pos = 2
+    pos, fill = 2, 0
     for _ in range(MAX_JPEG_SEGMENTS):
         while h.unpack("B", pos)[0] == 0xFF and h.unpack("B", pos + 1)[0] == 0xFF:
-            pos += 1  # fill bytes before a marker
+            pos, fill = pos + 1, fill + 1  # fill bytes before a marker
+            if fill > MAX_JPEG_FILL:
+                raise ValueError(f"the JPEG has more than {MAX_JPEG_FILL} fill bytes")
         mark, kind = h.unpack("BB", pos)
         if mark != 0xFF:
             raise ValueError("the JPEG header has no marker where one must be")

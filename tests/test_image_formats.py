@@ -109,6 +109,7 @@ MALFORMED = {
     "JPEG without a frame": (b"\xff\xd8\xff\xda\x00\x08" + b"\0" * 20, "no frame header"),
     "JPEG with a bad length": (b"\xff\xd8\xff\xe0\x00\x01", "shorter than its own length"),
     "JPEG of zero height": (_jpeg_declaring(64, 0), "no height"),
+    "JPEG of endless fill bytes": (b"\xff\xd8" + b"\xff" * 5_000_000, "fill bytes"),
     "GIF frame off its screen": (
         b"GIF89a" + struct.pack("<HHBBB", 10, 10, 0, 0, 0) + b"\x2c"
         + struct.pack("<HHHHB", 0, 0, 60000, 60000, 0), "larger than its logical screen"),
