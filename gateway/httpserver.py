@@ -4,8 +4,8 @@ uvicorn limits neither how long a client may take to send its request line and
 headers nor (with httptools) how large they may be, and arms its keep-alive
 timer only after a first response: a client that connects and trickles a byte
 a second would hold its connection for ever. Here a timer runs from the moment
-a connection opens (and again after each response) until the headers are
-complete: past it the connection gets 408 and is closed; a request line and
+a connection opens (and from the end of the keep-alive wait after each
+response) until the headers are complete: past it the connection gets 408 and is closed; a request line and
 headers larger than the cap get 431 (counted as they arrive and as parsed).
 """
 import json
@@ -38,9 +38,10 @@ def guarded_protocol(header_timeout_s: float, max_header_bytes: int = DEFAULT_MA
         _head_bytes = 0     # received while the head is incomplete
         _parsed_bytes = 0   # request line and headers parsed for the current request
 
-        def _arm(self) -> None:
+        def _arm(self, idle_s: float = 0.0) -> None:
             self._head_bytes = 0
-            self._head_timer = self.loop.call_later(header_timeout_s, self._head_too_slow)
+            self._head_timer = self.loop.call_later(idle_s + header_timeout_s,
+                                                    self._head_too_slow)
 
         def _disarm(self) -> None:
             if self._head_timer is not None:
@@ -95,6 +96,6 @@ def guarded_protocol(header_timeout_s: float, max_header_bytes: int = DEFAULT_MA
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if self.timeout_keep_alive_task is not None:  # idle, waiting for the next request
-                self._arm()
+                self._arm(idle_s=self.timeout_keep_alive)  # an idle connection is closed first
 
     return GuardedHttpProtocol
