@@ -279,3 +279,12 @@ def test_a_client_that_leaves_cancels_the_backend_call(gw):
         time.sleep(0.05)
     assert backend_log_count(gw, "FaceVerify OK") == ok_before
     assert_still_healthy(gw)
+
+
+def test_detection_returns_at_most_max_faces_best_first(gw):
+    group = {"image": b64((FACES / "facenet_pytorch" / "multiface.jpg").read_bytes())}
+    every = gw.post("/v1/detection", json=group).json()["detections"]
+    best = gw.post("/v1/detection", json={**group, "max_faces": 2}).json()["detections"]
+    assert len(every) > 2 and len(best) == 2
+    assert [d["confidence"] for d in best] == sorted((d["confidence"] for d in every),
+                                                     reverse=True)[:2]
