@@ -288,3 +288,20 @@ def test_detection_returns_at_most_max_faces_best_first(gw):
     assert len(every) > 2 and len(best) == 2
     assert [d["confidence"] for d in best] == sorted((d["confidence"] for d in every),
                                                      reverse=True)[:2]
+
+
+def test_lone_surrogates_and_out_of_range_numbers_are_400_with_real_images(gw):
+    face = b64(FACE.read_bytes())
+    for route, text, field in [
+        ("/v1/face/register", '{"img": "%s", "name": "x\\ud800"}' % face, "name"),
+        ("/v1/face/register", '{"img": "%s", "name": "x", "labels": {"a": "\\udfff"}}' % face,
+         "labels.a"),
+        ("/v1/face/verify", '{"img1": "%s", "img2": "%s", "threshold": NaN}' % (face, face),
+         "threshold"),
+        ("/v1/face/identify", '{"img": "%s", "top_k": 99999999999999999999}' % face, "top_k"),
+    ]:
+        reply = gw.post(route, content=text.encode(), headers={"content-type": "application/json"})
+        error_of(reply, 400, f"{field}:")
+    error_of(gw.get("/v1/face/registry", params={"offset": 2**31}), 400, "offset:")
+    assert gw.get("/v1/face/registry").json()["total"] == 0  # nothing was stored
+    assert_still_healthy(gw)
