@@ -24,9 +24,11 @@ ModelField = Field(None, max_length=MAX_ID,
                    description="installed model name; omitted: the gateway's default model")
 StoreField = Field(None, max_length=MAX_ID,
                    description="configured store name; omitted: local-store")
-# Not finite or outside (0, 2] is a 400: cosine distances lie in [0, 2].
-DistanceThreshold = Field(None, gt=0, le=2, allow_inf_nan=False,
-                          description="cosine distance in (0, 2]; omitted: the model's default")
+# Cosine distances lie in [0, 2]: anything else, or not finite, is a 400. 0 keeps its
+# PROTOCOL.md meaning, the model's default, like an omitted threshold.
+DistanceThreshold = Field(None, ge=0, le=2, allow_inf_nan=False,
+                          description="cosine distance in (0, 2]; 0 or omitted: the model's "
+                                      "default")
 Action = Annotated[str, StringConstraints(max_length=MAX_ACTION)]
 ImageDoc = "http(s) URL, data: URI or bare base64 image bytes"
 
