@@ -107,7 +107,7 @@ class DetectionRequest(BaseModel):
     threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,
                                     description="lowest confidence returned")
     max_faces: int = Field(DEFAULT_MAX_FACES, ge=1, le=MAX_FACES,
-                           description=f"most faces returned, highest confidence first "
+                           description=f"most faces returned, the most confident kept "
                                        f"(at most {MAX_FACES})")
 
 
