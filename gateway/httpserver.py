@@ -5,8 +5,9 @@ headers nor (with httptools) how large they may be, and arms its keep-alive
 timer only after a first response: a client that connects and trickles a byte
 a second would hold its connection for ever. Here a timer runs from the moment
 a connection opens (and from the end of the keep-alive wait after each
-response) until the headers are complete: past it the connection gets 408 and is closed; a request line and
-headers larger than the cap get 431 (counted as they arrive and as parsed).
+response) until the headers are complete: past it the connection gets 408 and
+is closed. A request line and headers larger than the cap get 431, counted as
+parsed and, for a head that never completes, as received.
 """
 import json
 
@@ -35,11 +36,11 @@ def guarded_protocol(header_timeout_s: float, max_header_bytes: int = DEFAULT_MA
 
     class GuardedHttpProtocol(HttpToolsProtocol):
         _head_timer = None
-        _head_bytes = 0     # received while the head is incomplete
+        _in_head = False    # from a message's first byte to the end of its headers
+        _raw_bytes = 0      # bytes received wholly inside the current head
         _parsed_bytes = 0   # request line and headers parsed for the current request
 
         def _arm(self, idle_s: float = 0.0) -> None:
-            self._head_bytes = 0
             self._head_timer = self.loop.call_later(idle_s + header_timeout_s,
                                                     self._head_too_slow)
 
@@ -68,11 +69,18 @@ def guarded_protocol(header_timeout_s: float, max_header_bytes: int = DEFAULT_MA
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            was_in_head = self._in_head
             super().data_received(data)
-            if self._head_timer is not None:  # the headers are still incomplete
-                self._head_bytes += len(data)
-                if self._head_bytes > max_header_bytes:
+            # A head that never completes is buffered by the parser: count what it holds.
+            # (A piece that also ends a previous body is not counted: its size is bounded.)
+            if was_in_head and self._in_head:
+                self._raw_bytes += len(data)
+                if self._raw_bytes > max_header_bytes:
                     self._refuse(431, "Request Header Fields Too Large", too_large_message)
+
+        def on_message_begin(self) -> None:
+            self._in_head, self._raw_bytes, self._parsed_bytes = True, 0, 0
+            super().on_message_begin()
 
         def on_url(self, url: bytes) -> None:
             self._parsed_bytes += len(url)
@@ -83,9 +91,9 @@ def guarded_protocol(header_timeout_s: float, max_header_bytes: int = DEFAULT_MA
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
+            self._in_head = False
             self._disarm()
-            parsed, self._parsed_bytes = self._parsed_bytes, 0
-            if parsed <= max_header_bytes:
+            if self._parsed_bytes <= max_header_bytes:
                 return super().on_headers_complete()
             app, self.app = self.app, too_large  # this request alone gets the 431
             try:

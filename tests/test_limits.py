@@ -4,6 +4,7 @@ heads, slow bodies, a 48 MiB body, too many requests at once, a client that leav
 After each, the gateway's memory is bounded and /healthz answers fast."""
 import base64
 import concurrent.futures
+import contextlib
 import gzip
 import io
 import json
@@ -153,6 +154,13 @@ def test_slow_and_oversized_heads_are_cut_off(gw):
     with raw_connection(gw) as huge:
         huge.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n")
         assert read_until_closed(huge).startswith(b"HTTP/1.1 431 ")
+    with raw_connection(gw) as endless:  # one header line that never ends
+        endless.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for _ in range(20):
+                endless.sendall(b"a" * 4096)
+                time.sleep(0.01)
+        assert read_until_closed(endless).startswith(b"HTTP/1.1 431 ")
     assert_still_healthy(gw)
 
 
@@ -223,6 +231,13 @@ def test_past_the_concurrency_cap_503_with_retry_after(gw):
         error_of(busy, 503, f"limit of {MAX_CONCURRENCY} image requests")
         assert busy.headers["retry-after"] == "1"
         assert gw.get("/v1/face/registry").status_code == 200  # other routes are not capped
+        with raw_connection(gw) as sock:  # answered before its body: the connection stays usable
+            sock.sendall(b"POST /v1/face/embed HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: 200000\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 503 ")
+            sock.sendall(b"{" + b" " * 199_998 + b"}")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
     finally:
         for sock in holders:
             sock.close()
