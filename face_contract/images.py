@@ -64,8 +64,13 @@ def b64_to_bytes(text: str, field: str = "image") -> bytearray:
             except binascii.Error:  # line breaks or spaces: drop them and try again
                 decoded, rest = _b64_piece("".join(piece.split()), final)
             out += decoded
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"{field} is not valid base64: {exc}") from None
+    except (binascii.Error, ValueError):
+        # A common mistake is a file path: it is not read, it must be sent.
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise InvalidInput(
+            f"{field} is neither an http(s) URL, a data: URI nor valid base64 (got {shown!r}); "
+            f"expected the image bytes base64-encoded, data:image/jpeg;base64,... or "
+            f"https://...; to send a file, upload it as multipart/form-data") from None
     return out  # not copied into bytes: every reader here and OpenCV take a bytearray
 
 

@@ -2,19 +2,18 @@
 before the body is read, rather than a queue that grows without bound."""
 from .errors import error_response
 
-# The routes whose work is an image on a backend (each holds a body and a backend slot).
-IMAGE_ROUTES = frozenset({"/v1/face/verify", "/v1/face/analyze", "/v1/face/embed",
-                          "/v1/face/register", "/v1/face/identify", "/v1/detection"})
 RETRY_AFTER_S = 1
 
 
 class ConcurrencyLimitMiddleware:
-    def __init__(self, app, max_concurrency: int):
-        self.app, self.max_concurrency = app, max_concurrency
+    """`routes`: the image routes (each holds a body and a backend slot)."""
+
+    def __init__(self, app, routes: frozenset[str], max_concurrency: int):
+        self.app, self.routes, self.max_concurrency = app, routes, max_concurrency
         self.active = 0  # touched only on the event loop: no lock needed
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in IMAGE_ROUTES:
+        if scope["type"] != "http" or scope["path"] not in self.routes:
             return await self.app(scope, receive, send)
         if self.active >= self.max_concurrency:
             busy = error_response(503, f"the gateway is serving its limit of "

@@ -6,9 +6,11 @@ strings into base64 bytes (fetching URLs safely), then call the model's backend.
 import asyncio
 import contextlib
 import dataclasses
+import re
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from face_contract.errors import NotFound
@@ -17,13 +19,16 @@ from face_contract.similarity import confidence
 
 from . import schemas as s
 from .admission import ConcurrencyLimitMiddleware
-from .backends import Backends
+from .backends import BackendError, Backends
 from .bodylimit import BodyLimitMiddleware
+from .docs import drop_validation_422
 from .errors import error_response, install_error_handlers
 from .fetch import UrlFetcher
 from .images import image_b64
 from .jsonbody import OffLoopJsonRoute
 from .metrics import Metrics, MetricsMiddleware
+from .multipart import MultipartMiddleware, form_schema
+from .page import install_page
 from .settings import Settings
 from .store import Filters, Record, VectorStore, open_stores, require
 
@@ -35,10 +40,23 @@ class Gateway:
     fetcher: UrlFetcher
     metrics: Metrics
 
+    async def call(self, model: str, method: str, request, large: dict | None = None,
+                   **renamed: str):
+        """A backend call whose error messages name the caller's fields, not the proto's:
+        `no face found in img`, not `... in Images[0]` (renamed: proto name -> caller's).
+        `large`: the image fields, see Backends.call."""
+        try:
+            return await self.backends.call(model, method, request, large)
+        except BackendError as exc:
+            message = str(exc)
+            for proto, caller in renamed.items():
+                message = re.sub(rf"(?<![\w.]){re.escape(proto)}(?![\w\[])", caller, message)
+            raise BackendError(exc.grpc_code, message) from None
+
     async def embedding(self, model: str, img: str, field: str = "img") -> list[float]:
         image = await image_b64(img, field, self.fetcher)
-        result = await self.backends.call(model, "Embedding", pb.PredictOptions(),
-                                          large={"Images": [image]})
+        result = await self.call(model, "Embedding", pb.PredictOptions(),
+                                 large={"Images": [image]}, **{"Images[0]": field})
         return list(result.embeddings)
 
 
@@ -65,7 +83,8 @@ def _area(area: pb.FacialArea) -> s.FacialArea:
     return s.FacialArea(x=_f(area.x), y=_f(area.y), w=_f(area.w), h=_f(area.h))
 
 
-@api.post("/v1/face/verify", response_model=s.VerifyResponse, **face)
+@api.post("/v1/face/verify", response_model=s.VerifyResponse,
+          openapi_extra=form_schema(s.VerifyRequest), **face)
 async def verify(body: s.VerifyRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     # One after the other: each check holds a decoded copy of its image for a moment.
@@ -86,7 +105,8 @@ async def verify(body: s.VerifyRequest, gw: Gateway = Depends(gateway)):
         processing_time_ms=_f(r.processing_time_ms), **liveness)
 
 
-@api.post("/v1/face/analyze", response_model=s.AnalyzeResponse, **face)
+@api.post("/v1/face/analyze", response_model=s.AnalyzeResponse,
+          openapi_extra=form_schema(s.AnalyzeRequest), **face)
 async def analyze(body: s.AnalyzeRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     img = await image_b64(body.img, "img", gw.fetcher)
@@ -105,14 +125,16 @@ async def analyze(body: s.AnalyzeRequest, gw: Gateway = Depends(gateway)):
     ) for f in r.faces])
 
 
-@api.post("/v1/face/embed", response_model=s.EmbedResponse, **face)
+@api.post("/v1/face/embed", response_model=s.EmbedResponse,
+          openapi_extra=form_schema(s.EmbedRequest), **face)
 async def embed(body: s.EmbedRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     vector = await gw.embedding(model, body.img)
     return s.EmbedResponse(embedding=vector, dim=len(vector), model=model)
 
 
-@api.post("/v1/face/register", response_model=s.RegisterResponse, **face)
+@api.post("/v1/face/register", response_model=s.RegisterResponse,
+          openapi_extra=form_schema(s.RegisterRequest), **face)
 async def register(body: s.RegisterRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     store = require(gw.stores, body.store)
@@ -121,7 +143,8 @@ async def register(body: s.RegisterRequest, gw: Gateway = Depends(gateway)):
     return s.RegisterResponse(id=record.id, name=record.name, registered_at=record.registered_at)
 
 
-@api.post("/v1/face/identify", response_model=s.IdentifyResponse, **face)
+@api.post("/v1/face/identify", response_model=s.IdentifyResponse,
+          openapi_extra=form_schema(s.IdentifyRequest), **face)
 async def identify(body: s.IdentifyRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     store = require(gw.stores, body.store)
@@ -146,11 +169,12 @@ async def forget(body: s.ForgetRequest, gw: Gateway = Depends(gateway)):
 
 
 @api.get("/v1/face/registry", response_model=s.RegistryResponse, **face)
-async def registry(model: str | None = Query(None, max_length=s.MAX_ID),
-                   store: str | None = Query(None, max_length=s.MAX_ID),
-                   name: str | None = Query(None, max_length=s.MAX_NAME),
-                   limit: int = Query(100, ge=1, le=s.MAX_LIST_LIMIT),
-                   offset: int = Query(0, ge=0, le=s.MAX_LIST_OFFSET),
+async def registry(model: str | None = Query(None, max_length=s.MAX_ID,
+                                             examples=["insightface-opencv"]),
+                   store: str | None = Query(None, max_length=s.MAX_ID, examples=["local-store"]),
+                   name: str | None = Query(None, max_length=s.MAX_NAME, examples=["Ann Lee"]),
+                   limit: int = Query(100, ge=1, le=s.MAX_LIST_LIMIT, examples=[10]),
+                   offset: int = Query(0, ge=0, le=s.MAX_LIST_OFFSET, examples=[0]),
                    gw: Gateway = Depends(gateway)):
     chosen = require(gw.stores, store)
     filters = Filters(model=model, name=name)
@@ -160,12 +184,13 @@ async def registry(model: str | None = Query(None, max_length=s.MAX_ID),
                        registered_at=r.registered_at) for r in records])
 
 
-@api.post("/v1/detection", response_model=s.DetectionResponse, **face)
+@api.post("/v1/detection", response_model=s.DetectionResponse,
+          openapi_extra=form_schema(s.DetectionRequest), **face)
 async def detection(body: s.DetectionRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     image = await image_b64(body.image, "image", gw.fetcher)
-    r = await gw.backends.call(model, "Detect", pb.DetectOptions(
-        threshold=body.threshold or 0.0), large={"src": image})
+    r = await gw.call(model, "Detect", pb.DetectOptions(threshold=body.threshold or 0.0),
+                      large={"src": image}, src="image")
     # Past max_faces the most confident are kept, still in the backend's order (largest first).
     best = sorted(r.Detections, key=lambda d: d.confidence, reverse=True)[:body.max_faces]
     kept = [d for d in r.Detections if d in best]
@@ -199,6 +224,11 @@ async def metrics(gw: Gateway = Depends(gateway)):
     return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+# The image routes (those documenting a form upload) and their JSON bodies.
+FORM_ROUTES = {route.path: route.endpoint.__annotations__["body"]
+               for route in api.routes if route.openapi_extra}
+
+
 def create_app(settings: Settings) -> FastAPI:
     stores = open_stores(settings.data_dir, settings.stores)
     backends = Backends(settings)
@@ -220,16 +250,22 @@ def create_app(settings: Settings) -> FastAPI:
             for store in stores.values():
                 store.close()
 
-    app = FastAPI(title="Face gateway", version="0.1.0", lifespan=lifespan,
-                  description="Face verification, analysis, detection and a durable face "
-                              "registry over LocalAI-compatible gRPC face backends.")
+    # Swagger UI and ReDoc come from the fastapi-offline package: /docs works offline.
+    app = FastAPIOffline(title="Face gateway", version="0.1.0", lifespan=lifespan,
+                         description="Face verification, analysis, detection and a durable "
+                                     "face registry over LocalAI-compatible gRPC face backends. "
+                                     "Image routes take JSON or multipart/form-data uploads.")
     app.state.gateway = gw
     app.include_router(api)
+    install_page(app)
+    drop_validation_422(app)
     install_error_handlers(app)
+    app.add_middleware(MultipartMiddleware, routes=FORM_ROUTES)  # inside the body limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        max_inflight_bytes=settings.max_inflight_bytes,
                        body_timeout_s=settings.body_timeout_s)
     # Outside the body limit: a request refused for concurrency is refused before its body is read.
-    app.add_middleware(ConcurrencyLimitMiddleware, max_concurrency=settings.max_concurrency)
+    app.add_middleware(ConcurrencyLimitMiddleware, routes=frozenset(FORM_ROUTES),
+                       max_concurrency=settings.max_concurrency)
     app.add_middleware(MetricsMiddleware, metrics=gw.metrics)  # added last: outermost
     return app

@@ -5,7 +5,7 @@ when not computed and dropped from the JSON (routes use response_model_exclude_n
 """
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 MAX_LABELS = 32
 MAX_LABEL_KEY = 64
@@ -30,12 +30,23 @@ DistanceThreshold = Field(None, ge=0, le=2, allow_inf_nan=False,
                           description="cosine distance in (0, 2]; 0 or omitted: the model's "
                                       "default")
 Action = Annotated[str, StringConstraints(max_length=MAX_ACTION)]
-ImageDoc = "http(s) URL, data: URI or bare base64 image bytes"
+ImageDoc = ("http(s) URL, data: URI or bare base64 image bytes (or, in a multipart/form-data "
+            "request, the image file)")
+# The image fields, by the names callers send (a multipart upload's file parts).
+IMAGE_FIELDS = ("img", "img1", "img2", "image")
+JPEG = "/9j/4AAQSkZJRgABAQAAAQABAAD..."  # base64 of a JPEG, shortened in the examples
+
+
+def example(**body) -> ConfigDict:
+    """A request example for the OpenAPI docs."""
+    return ConfigDict(json_schema_extra={"examples": [body]})
 
 
 # -- requests -------------------------------------------------------------------
 
 class VerifyRequest(BaseModel):
+    model_config = example(img1=JPEG, img2="https://example.org/people/ann-2.jpg")
+
     model: str | None = ModelField
     img1: str = Field(description=ImageDoc)
     img2: str = Field(description=ImageDoc)
@@ -44,6 +55,8 @@ class VerifyRequest(BaseModel):
 
 
 class AnalyzeRequest(BaseModel):
+    model_config = example(img=JPEG, actions=["age", "gender"], anti_spoofing=True)
+
     model: str | None = ModelField
     img: str = Field(description=ImageDoc)
     actions: list[Action] | None = Field(
@@ -53,11 +66,15 @@ class AnalyzeRequest(BaseModel):
 
 
 class EmbedRequest(BaseModel):
+    model_config = example(img="data:image/jpeg;base64," + JPEG, model="insightface-opencv")
+
     model: str | None = ModelField
     img: str = Field(description=ImageDoc)
 
 
 class RegisterRequest(BaseModel):
+    model_config = example(img=JPEG, name="Ann Lee", labels={"team": "blue"})
+
     model: str | None = ModelField
     img: str = Field(description=ImageDoc)
     name: str = Field(min_length=1, max_length=MAX_NAME)
@@ -89,6 +106,8 @@ class RegisterRequest(BaseModel):
 
 
 class IdentifyRequest(BaseModel):
+    model_config = example(img=JPEG, top_k=3)
+
     model: str | None = ModelField
     img: str = Field(description=ImageDoc)
     top_k: int = Field(5, ge=1, le=MAX_TOP_K)
@@ -97,11 +116,15 @@ class IdentifyRequest(BaseModel):
 
 
 class ForgetRequest(BaseModel):
+    model_config = example(id="5f0c6f1e-9b8d-4c43-a1e2-b7d9c0a4f6e1")
+
     id: str = Field(min_length=1, max_length=MAX_ID)
     store: str | None = StoreField
 
 
 class DetectionRequest(BaseModel):
+    model_config = example(image=JPEG, threshold=0.5)
+
     model: str | None = ModelField
     image: str = Field(description=ImageDoc)
     threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,
