@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import zlib
 
 import uvicorn
@@ -36,22 +37,21 @@ def gateway_command(models_dir, data_dir, port: int, *args: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def gateway_process(models_dir, data_dir, *args: str, env: dict | None = None,
-                    log: pathlib.Path | None = None):
+def gateway_process(models_dir, data_dir, *args: str, env: dict | None = None, stderr=None,
+                    stdout=None):
     """`python -m gateway` on a free port; yields (process, base URL); stops it (SIGTERM) after.
-    With `log`, the gateway's stdout and stderr go to that file."""
+
+    `stderr` (a file) collects the log of the gateway and of the backends it starts; uvicorn's
+    access log goes to `stdout`."""
     port = free_port()
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(open(log, "wb")) if log is not None else None
-        proc = subprocess.Popen(gateway_command(models_dir, data_dir, port, *args), cwd=ROOT,
-                                env={**os.environ, **(env or {})}, stdout=out,
-                                stderr=subprocess.STDOUT if out else None)
-        base_url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_ok(base_url, "/healthz", proc)
-            yield proc, base_url
-        finally:
-            stop_process(proc)
+    proc = subprocess.Popen(gateway_command(models_dir, data_dir, port, *args), cwd=ROOT,
+                            env={**os.environ, **(env or {})}, stdout=stdout, stderr=stderr)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ok(base_url, "/healthz", proc)
+        yield proc, base_url
+    finally:
+        stop_process(proc)
 
 
 @contextlib.contextmanager
@@ -71,7 +71,8 @@ def app_server(app):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """GET /<name> serves files[name]; /redirect/<n>?to=URL answers 302; /slow sleeps."""
+    """GET /<name> serves files[name]; /redirect/<n>?to=URL answers 302; /slow sleeps;
+    /encoded/<Content-Encoding>/<name> serves files[name] as stored, labelled with that encoding."""
 
     def do_GET(self):
         server = self.server
@@ -94,6 +95,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 piece = body[start:start + 65536]
                 self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
             self.wfile.write(b"0\r\n\r\n")
+        elif path.startswith("/encoded/"):
+            encoding, _, name = path.removeprefix("/encoded/").partition("/")
+            body = server.files[name]
+            self.send_response(200)
+            self.send_header("Content-Encoding", urllib.parse.unquote(encoding))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif path.lstrip("/") in server.files:
             body = server.files[path.lstrip("/")]
             self.send_response(200)

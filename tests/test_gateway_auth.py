@@ -36,9 +36,11 @@ def keyed(tmp_path_factory):
     keys_file = tmp / "keys.txt"
     keys_file.write_text(f"# the keys of the test\n{FILE_KEY}:ro  # a trailing comment\n\n")
     log = tmp / "gateway.log"
-    with gateway_process(tmp / "models", tmp / "data", "--backend", f"ext={DOWN}",
-                         "--api-keys-file", str(keys_file), "--log-level", "debug",
-                         env={"FACE_API_KEYS": f"{RW}, {RO}:ro"}, log=log) as (proc, url), \
+    with open(log, "wb") as out, \
+            gateway_process(tmp / "models", tmp / "data", "--backend", f"ext={DOWN}",
+                            "--api-keys-file", str(keys_file), "--log-level", "debug",
+                            env={"FACE_API_KEYS": f"{RW}, {RO}:ro"}, stdout=out,
+                            stderr=subprocess.STDOUT) as (proc, url), \
             httpx.Client(base_url=url, timeout=30) as client:
         yield proc, client, {"keys": keys_file, "log": log}
 
