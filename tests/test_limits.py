@@ -137,7 +137,7 @@ def test_slow_and_oversized_heads_are_cut_off(gw):
     silent = raw_connection(gw)  # connects and sends nothing
     trickler = raw_connection(gw)
     started = time.monotonic()
-    trickler.sendall(b"POST /v1/face/embed HTTP/1.1\r\nHost: x\r\n")
+    trickler.sendall(b"POST /v1/face/embed HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     answer = b""
     for i in range(40):  # a header line a quarter second: never complete
         try:
@@ -152,10 +152,10 @@ def test_slow_and_oversized_heads_are_cut_off(gw):
     with silent:
         assert read_until_closed(silent).startswith(b"HTTP/1.1 408 ")
     with raw_connection(gw) as huge:
-        huge.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n")
+        huge.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n")
         assert read_until_closed(huge).startswith(b"HTTP/1.1 431 ")
     with raw_connection(gw) as endless:  # one header line that never ends
-        endless.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        endless.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             for _ in range(20):
                 endless.sendall(b"a" * 4096)
@@ -166,7 +166,7 @@ def test_slow_and_oversized_heads_are_cut_off(gw):
 
 def test_idle_keep_alive_connections_time_out(gw):
     with raw_connection(gw) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         started = time.monotonic()
         answer = read_until_closed(sock)  # the server closes after its keep-alive timeout
         assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1") == 1
@@ -175,7 +175,7 @@ def test_idle_keep_alive_connections_time_out(gw):
 
 def test_slow_body_is_cut_off(gw):
     with raw_connection(gw) as sock:
-        sock.sendall(b"POST /v1/face/forget HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+        sock.sendall(b"POST /v1/face/forget HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
                      b"\r\nContent-Length: 1000\r\n\r\n{\"id\": ")
         started = time.monotonic()
         answer = read_until_closed(sock)
@@ -223,7 +223,7 @@ def test_past_the_concurrency_cap_503_with_retry_after(gw):
     try:
         for _ in range(MAX_CONCURRENCY):  # image requests whose bodies never finish arriving
             sock = raw_connection(gw)
-            sock.sendall(b"POST /v1/face/embed HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            sock.sendall(b"POST /v1/face/embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                          b"application/json\r\nContent-Length: 100\r\n\r\n{")
             holders.append(sock)
         time.sleep(0.3)
@@ -232,12 +232,12 @@ def test_past_the_concurrency_cap_503_with_retry_after(gw):
         assert busy.headers["retry-after"] == "1"
         assert gw.get("/v1/face/registry").status_code == 200  # other routes are not capped
         with raw_connection(gw) as sock:  # answered before its body: the connection stays usable
-            sock.sendall(b"POST /v1/face/embed HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            sock.sendall(b"POST /v1/face/embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                          b"application/json\r\nContent-Length: 200000\r\n\r\n")
             first = sock.recv(65536)
             assert first.startswith(b"HTTP/1.1 503 ")
             sock.sendall(b"{" + b" " * 199_998 + b"}")
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             answers = first + read_until_closed(sock)
             assert answers.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 200 " in answers
     finally:
@@ -253,12 +253,12 @@ def test_past_the_in_flight_byte_cap_503_with_retry_after(gw):
     try:
         for _ in range(2):
             sock = raw_connection(gw)
-            sock.sendall(b"POST /v1/face/forget HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            sock.sendall(b"POST /v1/face/forget HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                          b"application/json\r\nContent-Length: %d\r\n\r\n{" % declared)
             holders.append(sock)
         time.sleep(0.3)
         with raw_connection(gw) as third:
-            third.sendall(b"POST /v1/face/forget HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            third.sendall(b"POST /v1/face/forget HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                           b"application/json\r\nContent-Length: %d\r\n\r\n" % declared)
             answer = read_until_closed(third)
         assert answer.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1\r\n" in answer.lower()
@@ -282,7 +282,7 @@ def test_a_client_that_leaves_cancels_the_backend_call(gw):
     started_before = backend_log_count(gw, "FaceVerify started")
     ok_before = backend_log_count(gw, "FaceVerify OK")
     with raw_connection(gw) as sock:
-        sock.sendall(b"POST /v1/face/verify HTTP/1.1\r\nHost: x\r\nContent-Type: "
+        sock.sendall(b"POST /v1/face/verify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                      b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         deadline = time.monotonic() + 30
         while backend_log_count(gw, "FaceVerify started") == started_before:
