@@ -152,7 +152,8 @@ def test_slow_and_oversized_heads_are_cut_off(gw):
     with silent:
         assert read_until_closed(silent).startswith(b"HTTP/1.1 408 ")
     with raw_connection(gw) as huge:
-        huge.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n")
+        huge.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 40_000
+                     + b"\r\n\r\n")
         assert read_until_closed(huge).startswith(b"HTTP/1.1 431 ")
     with raw_connection(gw) as endless:  # one header line that never ends
         endless.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
@@ -175,7 +176,8 @@ def test_idle_keep_alive_connections_time_out(gw):
 
 def test_slow_body_is_cut_off(gw):
     with raw_connection(gw) as sock:
-        sock.sendall(b"POST /v1/face/forget HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+        sock.sendall(b"POST /v1/face/forget HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json"
                      b"\r\nContent-Length: 1000\r\n\r\n{\"id\": ")
         started = time.monotonic()
         answer = read_until_closed(sock)
