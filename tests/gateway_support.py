@@ -179,3 +179,12 @@ def readme_gallery(folder: pathlib.Path) -> pathlib.Path:
     link_real_files(folder, [f["filename"] for f in yaml.safe_load(gallery)[0]["files"]])
     (folder / "gallery.yaml").write_text(gallery)
     return folder / "gallery.yaml"
+
+
+def error_message(response, status: int, *words: str) -> str:
+    """The message of an error answer with `status`, checked to hold each of `words`."""
+    assert response.status_code == status, response.text
+    message = response.json()["error"]["message"]
+    for word in words:
+        assert word in message, message
+    return message

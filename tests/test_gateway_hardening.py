@@ -14,7 +14,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
 from gateway.schemas import IMAGE_FIELDS
-from gateway_support import gateway_process, write_config
+from gateway_support import error_message as error_of, gateway_process, write_config
 from support import FACES, needs_shared, read_labels
 
 pytestmark = needs_shared
@@ -64,13 +64,6 @@ def ro(url):
             as client:
         yield client
 
-
-def error_of(response, status: int, *words: str) -> str:
-    assert response.status_code == status, response.text
-    message = response.json()["error"]["message"]
-    for word in words:
-        assert word in message, message
-    return message
 
 
 def test_scopes_on_real_answers(rw, ro):

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from gateway_support import gateway_process, image_server, write_config
+from gateway_support import error_message as error_of, gateway_process, image_server, write_config
 from support import FACES, needs_shared
 from test_image_formats import BOMBS, REFUSED
 
@@ -78,13 +78,6 @@ def assert_still_healthy(gw) -> None:
     assert rss(gw.proc.pid) - gw.warm_rss < RSS_GROWTH_BOUND
     assert min(healthz_seconds(gw) for _ in range(3)) < HEALTHZ_BOUND_S
 
-
-def error_of(response, status: int, *words: str) -> str:
-    assert response.status_code == status, response.text
-    message = response.json()["error"]["message"]
-    for word in words:
-        assert word in message, message
-    return message
 
 
 @pytest.mark.parametrize("kind", sorted(BOMBS))
