@@ -31,6 +31,11 @@ class NotReady(FaceError):
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Unavailable(FaceError):
+    """The registry's database or disk is unreachable or refuses writes for now (503)."""
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
 class Unauthenticated(FaceError):
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
 

@@ -11,6 +11,7 @@ import uvicorn
 
 from .app import create_app
 from .settings import Settings, parse_backend_spec
+from .store import StoreInUse
 
 
 def _env_flag(name: str) -> bool:
@@ -36,9 +37,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                    default=_env_list("FACE_BACKENDS"), metavar="NAME=HOST:PORT",
                    help="use an already running backend for model NAME (repeatable); "
                         "env FACE_BACKENDS, comma-separated")
-    p.add_argument("--store", action="append", dest="stores", default=None, metavar="NAME",
-                   help="a registry store name (repeatable; default local-store); "
-                        "env FACE_STORES, comma-separated")
+    p.add_argument("--store", action="append", dest="stores", default=None,
+                   metavar="NAME[=DSN]",
+                   help="a registry store (repeatable; default local-store): a bare NAME is a "
+                        "local store under --data-dir, DSN sqlite:///path a local store there, "
+                        "postgresql://... a pgvector store; env FACE_STORES, ';'-separated")
+    p.add_argument("--default-store", default=env("FACE_DEFAULT_STORE"),
+                   help="store used when a request names none (default local-store, else "
+                        "the first); env FACE_DEFAULT_STORE")
+    p.add_argument("--ann-threshold", type=int,
+                   default=int(env("FACE_ANN_THRESHOLD", "0")) or None,
+                   help="give a local store's model an approximate index (usearch HNSW, "
+                        "re-ranked exactly) from this many records on; default off; "
+                        "env FACE_ANN_THRESHOLD")
     p.add_argument("--allow-private-urls", action="store_true",
                    default=_env_flag("FACE_ALLOW_PRIVATE_URLS"),
                    help="let image URLs reach loopback, private and link-local addresses; "
@@ -59,11 +70,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _env_stores() -> list[str]:
+    """FACE_STORES: 'NAME=DSN;NAME=DSN' (DSNs may hold commas); plain names may also be
+    comma-separated."""
+    value = os.environ.get("FACE_STORES", "")
+    separator = ";" if ";" in value or "=" in value else ","
+    return [item.strip() for item in value.split(separator) if item.strip()]
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
         models_dir=args.models_dir, data_dir=args.data_dir, default_model=args.default_model,
         external_backends=dict(parse_backend_spec(spec) for spec in args.backends),
-        stores=tuple(args.stores or _env_list("FACE_STORES") or ["local-store"]),
+        stores=tuple(args.stores or _env_stores() or ["local-store"]),
+        default_store=args.default_store, ann_threshold=args.ann_threshold,
         allow_private_urls=args.allow_private_urls, max_body_bytes=args.max_body_bytes,
         max_url_bytes=args.max_url_bytes, url_timeout_s=args.url_timeout,
         backend_call_timeout_s=args.backend_timeout,
@@ -78,9 +98,13 @@ def main(argv=None) -> None:
         settings = settings_from(args)
     except ValueError as exc:
         raise SystemExit(f"face-gateway: {exc}") from None
+    try:
+        app = create_app(settings)
+    except StoreInUse as exc:
+        raise SystemExit(f"face-gateway: {exc}") from None
     # A bounded graceful shutdown: requests still running after it get cut off, and the
     # lifespan then stops the backends.
-    uvicorn.run(create_app(settings), host=args.host, port=args.port,
+    uvicorn.run(app, host=args.host, port=args.port,
                 log_level=args.log_level.lower(), timeout_graceful_shutdown=30)
 
 

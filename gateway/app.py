@@ -23,13 +23,13 @@ from .fetch import UrlFetcher
 from .images import image_b64
 from .metrics import Metrics, MetricsMiddleware
 from .settings import Settings
-from .store import Filters, Record, VectorStore, open_stores, require
+from .store import Filters, Record, Stores, open_stores, require
 
 
 @dataclasses.dataclass
 class Gateway:
     backends: Backends
-    stores: dict[str, VectorStore]
+    stores: Stores
     fetcher: UrlFetcher
     metrics: Metrics
 
@@ -190,7 +190,8 @@ async def metrics(gw: Gateway = Depends(gateway)):
 
 
 def create_app(settings: Settings) -> FastAPI:
-    stores = open_stores(settings.data_dir, settings.stores)
+    stores = open_stores(settings.data_dir, settings.store_specs(), settings.default_store,
+                         settings.ann_threshold)
     backends = Backends(settings)
     gw = Gateway(backends=backends, stores=stores,
                  fetcher=UrlFetcher(settings.allow_private_urls, settings.max_url_bytes,
@@ -207,8 +208,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await backends.close()
-            for store in stores.values():
-                store.close()
+            stores.close()
 
     app = FastAPI(title="Face gateway", version="0.1.0", lifespan=lifespan,
                   description="Face verification, analysis, detection and a durable face "

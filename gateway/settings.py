@@ -3,6 +3,8 @@ import dataclasses
 import pathlib
 import re
 
+from .store import check_dsn
+
 STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BACKEND_SPEC = re.compile(r"^(?P<name>[^=\s]+)=(?P<addr>[^\s=]+:\d+)$")
 
@@ -14,7 +16,11 @@ class Settings:
     default_model: str | None = None
     # model name -> "host:port" of a backend someone else runs
     external_backends: dict[str, str] = dataclasses.field(default_factory=dict)
+    # "NAME" (a local store under data_dir) or "NAME=DSN" (sqlite:///path, postgresql://...)
     stores: tuple[str, ...] = ("local-store",)
+    default_store: str | None = None  # None: local-store if configured, else the first
+    # Local stores add an approximate index for models with at least this many records.
+    ann_threshold: int | None = None
     allow_private_urls: bool = False
     # 48 MiB keeps a two-image verify body under the 50 MB gRPC message limit.
     max_body_bytes: int = 48 * 1024 * 1024
@@ -27,11 +33,30 @@ class Settings:
     auth_token: str | None = None  # LOCALAI_GRPC_AUTH_TOKEN, given to and sent to backends
 
     def __post_init__(self):
-        for name in self.stores:
-            if not STORE_NAME.match(name):
-                raise ValueError(f"store name {name!r}: use letters, digits, '.', '_' or '-'")
         if not self.stores:
             raise ValueError("at least one store must be configured")
+        specs = self.store_specs()
+        if len(specs) != len(self.stores):
+            raise ValueError("a store name is configured twice")
+        if self.default_store is not None and self.default_store not in specs:
+            raise ValueError(f"--default-store {self.default_store!r} is not a configured store "
+                             f"(configured: {', '.join(specs)})")
+        if self.ann_threshold is not None and self.ann_threshold < 1:
+            raise ValueError("--ann-threshold must be at least 1")
+
+    def store_specs(self) -> dict[str, str | None]:
+        """{store name: DSN, or None for a local store under data_dir}."""
+        return dict(parse_store_spec(spec) for spec in self.stores)
+
+
+def parse_store_spec(spec: str) -> tuple[str, str | None]:
+    """'NAME' -> (NAME, None); 'NAME=DSN' -> (NAME, DSN)."""
+    name, sep, dsn = spec.strip().partition("=")
+    if not STORE_NAME.match(name):
+        raise ValueError(f"store name {name!r}: use letters, digits, '.', '_' or '-'")
+    dsn = dsn.strip() if sep else None
+    check_dsn(name, dsn)
+    return name, dsn
 
 
 def parse_backend_spec(spec: str) -> tuple[str, str]:
