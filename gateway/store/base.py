@@ -36,10 +36,11 @@ def utc_now() -> str:
 
 
 def labels_json(record: Record) -> str:
-    """The record's labels as stored, after refusing any text that is not valid Unicode.
+    """The record's labels as stored, after refusing any text that some store cannot hold.
 
-    A JSON `\\ud800` escape decodes to a lone surrogate, which no UTF-8 writer can encode:
-    such a record would be unreadable later, so it is never stored.
+    A JSON `\\ud800` escape decodes to a lone surrogate, which no UTF-8 writer can encode,
+    and PostgreSQL text cannot hold NUL: such a record would be unreadable later (or
+    stored in one kind of store and not another), so it is never stored.
     """
     for field, text in [("name", record.name), ("model", record.model),
                         *((f"labels key {k!r}", k) for k in record.labels),
@@ -49,6 +50,8 @@ def labels_json(record: Record) -> str:
         except UnicodeEncodeError:
             raise InvalidInput(f"{readable(field)} is not valid UTF-8 text "
                                "(it holds a lone surrogate such as \\ud800)") from None
+        if "\x00" in text:
+            raise InvalidInput(f"{field} holds a NUL character")
     return json.dumps(record.labels, sort_keys=True, ensure_ascii=False)
 
 
