@@ -11,7 +11,7 @@ import uvicorn
 
 from .app import create_app
 from .settings import Settings, parse_backend_spec
-from .store import StoreInUse
+from .store import StoreOpenError
 
 
 def _env_flag(name: str) -> bool:
@@ -100,7 +100,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"face-gateway: {exc}") from None
     try:
         app = create_app(settings)
-    except StoreInUse as exc:
+    except StoreOpenError as exc:
         raise SystemExit(f"face-gateway: {exc}") from None
     # A bounded graceful shutdown: requests still running after it get cut off, and the
     # lifespan then stops the backends.

@@ -95,7 +95,7 @@ def test_records_survive_reopening(reopen):
 
 def test_distances_are_the_exact_float32_ones(store):
     rng = np.random.default_rng(7)
-    recs = [record(f"p{i}", rng.normal(size=64)) for i in range(300)]
+    recs = [record(f"p{i}", rng.normal(size=64)) for i in range(120)]
     for r in recs:
         store.add(r)
     query = rng.normal(size=64).astype(np.float32)

@@ -9,7 +9,7 @@ import pathlib
 from face_contract.errors import InvalidInput
 
 from .base import Filters, Record, VectorStore  # noqa: F401  (the package's interface)
-from .local import LocalStore, StoreInUse  # noqa: F401
+from .local import LocalStore, StoreInUse, StoreOpenError  # noqa: F401
 from .pgvector import PgVectorStore, redacted
 
 PGVECTOR_SCHEMES = ("postgresql://", "postgres://")

@@ -3,11 +3,15 @@ import abc
 import dataclasses
 import datetime
 import json
+import re
 import uuid
 
 import numpy as np
 
 from face_contract.errors import FaceError, InvalidInput
+
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclasses.dataclass
@@ -58,7 +62,7 @@ def labels_json(record: Record) -> str:
 def readable(text: str) -> str:
     """Text read back from a store, made safe to serialise even if an older writer stored
     lone surrogates (each becomes U+FFFD)."""
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return LONE_SURROGATE.sub("\ufffd", text)
 
 
 def read_labels(stored: str) -> dict[str, str]:

@@ -40,8 +40,12 @@ LOAD_BATCH = 65536
 FIELDS = "id, name, labels, model, dimension, registered_at"
 
 
-class StoreInUse(RuntimeError):
-    """Another process holds the local store (raised at open; the gateway refuses to start)."""
+class StoreOpenError(RuntimeError):
+    """A store that cannot be opened as configured (the gateway refuses to start)."""
+
+
+class StoreInUse(StoreOpenError):
+    """Another process holds the local store."""
 
 
 def _write_failure(store: str, exc: sqlite3.Error) -> Exception:
@@ -75,23 +79,41 @@ class LocalStore(VectorStore):
         self.path = path
         self.ann_threshold = ann_threshold
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = self._take_lock(path)
+        # On a read-only disk the store still answers reads; every write is a 503.
+        read_only = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+        self._lock_fd = self._take_lock(path, read_only)
         self._lock = threading.Lock()
         self._closed = False
         self._builds: list[threading.Thread] = []
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        if read_only:
+            log.warning("store %s: %s is on a read-only disk: reads only, writes answer 503",
+                        self.name, path)
+            # A write-ahead log left behind (its checkpoint failed) holds committed records and
+            # must be read; without one, immutable spares creating files on the read-only disk.
+            wal = path.with_name(path.name + "-wal")
+            mode = "mode=ro" if wal.exists() and wal.stat().st_size else "mode=ro&immutable=1"
+            self._db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True,
+                                       check_same_thread=False, isolation_level=None)
+        else:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
         # Text an older writer stored as invalid UTF-8 is read with U+FFFD, never an exception.
         self._db.text_factory = lambda raw: raw.decode("utf-8", "replace")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._migrate()
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            raise StoreOpenError(f"the local store {path} is read-only and needs a schema "
+                                 "upgrade: open it once on a writable disk")
         self._models: dict[str, _Model] = {}
         self._load()
 
     @staticmethod
-    def _take_lock(path: pathlib.Path) -> int:
+    def _take_lock(path: pathlib.Path, read_only: bool) -> int:
         lock_path = path.with_name(path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock_path, os.O_RDONLY if read_only else os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreOpenError(f"the local store {path} cannot be opened: {exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -102,8 +124,9 @@ class LocalStore(VectorStore):
                 f"(pid {holder}): a local store is single-writer. Run one gateway per data "
                 "dir, or share a pgvector store between gateways "
                 "(--store NAME=postgresql://...).") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        if not read_only:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
         return fd
 
     def _migrate(self) -> None:
