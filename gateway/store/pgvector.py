@@ -45,7 +45,7 @@ MIGRATIONS = {  # version -> statements that bring the schema from version - 1 t
 MIN_CANDIDATES = 40
 EF_SEARCH_PER_CANDIDATE = 4
 MAX_EF_SEARCH = 1000
-POOL_TIMEOUT_S = 5.0
+POOL_TIMEOUT_S = 3.0  # how long a call waits for a connection before its 503
 ORDER = 'ORDER BY registered_at COLLATE "C", id COLLATE "C"'
 FIELDS = "id, name, labels::text, model, dimension, registered_at"
 
