@@ -80,19 +80,35 @@ class PgVectorStore(VectorStore):
     def __init__(self, dsn: str, name: str = "pgvector", max_connections: int = 8):
         self.name = name
         self._where_from = redacted(dsn)
-        self._pool = ConnectionPool(
-            dsn, min_size=1, max_size=max_connections, timeout=POOL_TIMEOUT_S, open=False,
-            # No prepared statements: each search is planned with its model literal, which
-            # is what lets PostgreSQL pick that model's partial index.
-            kwargs={"autocommit": True, "prepare_threshold": None, "connect_timeout": 3},
-            check=ConnectionPool.check_connection, name=f"store-{name}")
-        self._pool.open(wait=False)
+        self._dsn, self._max_connections = dsn, max_connections
+        self._pool_lock = threading.Lock()
+        self._pool = self._new_pool()
         self._migrated = False
         self._migrate_lock = threading.Lock()
         try:
             self._migrate()
         except Unavailable as exc:  # start anyway: calls answer 503 until it is reachable
             log.warning("%s", exc)
+
+    def _new_pool(self) -> ConnectionPool:
+        pool = ConnectionPool(
+            self._dsn, min_size=1, max_size=self._max_connections, timeout=POOL_TIMEOUT_S,
+            open=False, name=f"store-{self.name}",
+            # No prepared statements: each search is planned with its model literal, which
+            # is what lets PostgreSQL pick that model's partial index.
+            kwargs={"autocommit": True, "prepare_threshold": None, "connect_timeout": 3},
+            check=ConnectionPool.check_connection)
+        pool.open(wait=False)
+        return pool
+
+    def _renew_pool(self, failed: ConnectionPool) -> None:
+        """After an outage, a fresh pool: it connects at once when the database is back,
+        where the failed one would wait out its growing reconnection back-off."""
+        with self._pool_lock:
+            if self._pool is not failed:
+                return  # another call already renewed it
+            self._pool = self._new_pool()
+        threading.Thread(target=failed.close, kwargs={"timeout": 5}, daemon=True).start()
 
     def _connection(self):
         """A pooled connection with the schema in place; Unavailable if the database is not."""
@@ -107,18 +123,21 @@ class PgVectorStore(VectorStore):
 
     def _run(self, work):
         """work(connection) with database outages turned into 503s."""
+        pool = self._pool
         try:
             with self._connection() as conn:
                 return work(conn)
         except (psycopg.OperationalError, PoolTimeout) as exc:
+            self._renew_pool(pool)
             raise self._unavailable(exc) from exc
 
     def _migrate(self) -> None:
         with self._migrate_lock:
             if self._migrated:
                 return
+            pool = self._pool
             try:
-                with self._pool.connection() as conn, conn.transaction():
+                with pool.connection() as conn, conn.transaction():
                     # One gateway migrates at a time; the others wait and find it done.
                     conn.execute("SELECT pg_advisory_xact_lock(hashtext('face_registry_schema'))")
                     conn.execute("CREATE TABLE IF NOT EXISTS face_schema (version integer)")
@@ -129,6 +148,7 @@ class PgVectorStore(VectorStore):
                             conn.execute(statement)
                         conn.execute("INSERT INTO face_schema VALUES (%s)", (target,))
             except (psycopg.OperationalError, PoolTimeout) as exc:
+                self._renew_pool(pool)
                 raise self._unavailable(exc) from exc
             self._migrated = True
 
@@ -237,4 +257,5 @@ class PgVectorStore(VectorStore):
             "SELECT model, count(*) FROM face_records GROUP BY model").fetchall()))
 
     def close(self) -> None:
-        self._pool.close()
+        with self._pool_lock:
+            self._pool.close()
