@@ -7,7 +7,7 @@ MODELS_DIR ?= models
 DATA_DIR ?= data
 PORT ?= 8080
 
-.PHONY: install proto test run bench-deps bench-accuracy bench-latency
+.PHONY: install proto test run bench-deps bench-accuracy bench-latency bench-store
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,8 @@ bench-accuracy: bench-deps
 
 bench-latency: bench-deps
 	$(BIN)/python -m bench.latency $(BENCH_ARGS)
+
+# Registry search at scale (synthetic galleries fitted to the real pack; pgvector via the
+# pgserver wheel of the test extra). Long: BENCH_ARGS="--sizes 10000,100000" for less.
+bench-store:
+	$(BIN)/python -m bench.store_bench $(BENCH_ARGS)
