@@ -33,8 +33,9 @@ OUT = pathlib.Path(__file__).resolve().parent / "results"
 
 # Fitted on the real pack (SCRFD-500M + MobileFaceNet, 128-d) with `--fit`: every same-person
 # pair and 20000 random different-person pairs of lfw_grey photos (the first FIT_IDENTITIES
-# identities with at least two photos). The model: identity centre c = normalise(ALPHA*g + z), photo =
-# normalise(c + SIGMA*exp(KAPPA*e)*w), with g one shared direction, z, w ~ N(0, I/d), e ~ N(0, 1).
+# identities with at least two photos). The model: identity centre c = normalise(ALPHA*g + z),
+# photo = normalise(c + SIGMA*exp(KAPPA*e)*w), with g one shared direction,
+# z, w ~ N(0, I/d) and e ~ N(0, 1).
 REAL = {"genuine_mean": 0.0, "genuine_std": 0.0, "impostor_mean": 0.0, "impostor_std": 0.0}
 FIT = {"alpha": 0.0, "sigma": 0.0, "kappa": 0.0}
 
@@ -299,7 +300,8 @@ def markdown(results: dict) -> str:
     lines = ["# Registry store benchmark", "",
              f"Measured {results['when']} on this machine (2 cores, other work running); "
              f"{QUERIES} queries per row, top_k {TOP_K}. pgvector measured up to "
-             f"{results['pg_max']} records (HNSW builds on 2 cores are slow).", "",
+             f"{results['pg_max']} records (HNSW builds on 2 cores are slow), random unit "
+             f"vectors up to {results['random_max']}.", "",
              "Identity clusters fitted to the real pack on lfw_grey: real distances "
              f"{json.dumps(REAL)}; model parameters {json.dumps(FIT)}.", ""]
     rows = [[r["store"], r["vectors"], r["n"], r["dim"], cell(r, "p50_ms", "{:.2f}"),
@@ -343,7 +345,8 @@ def main(argv=None) -> None:
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--dims", default="128,512")
     p.add_argument("--pg-max", type=int, default=100_000)
-    p.add_argument("--no-random", action="store_true", help="skip the random-vector rows")
+    p.add_argument("--random-max", type=int, default=100_000,
+                   help="random-vector rows only up to this N (0: none)")
     p.add_argument("--fit", action="store_true",
                    help="measure the real pack's distances on lfw_grey and print the fit")
     args = p.parse_args(argv)
@@ -361,19 +364,26 @@ def main(argv=None) -> None:
     try:
         for n in map(int, args.sizes.split(",")):
             for d in map(int, args.dims.split(",")):
-                for kind in ("clusters",) + (() if args.no_random else ("random",)):
+                for kind in ("clusters",) + (("random",) if n <= args.random_max else ()):
                     print(f"{kind} N={n} dim={d}", flush=True)
                     rows += bench_one(kind, n, d, args, pg if n <= args.pg_max else None)
+                    report = write_report(rows, args)  # after every row: a cut run keeps them
     finally:
         if pg is not None:
             pg.close()
+    print(report)
+
+
+def write_report(rows: list[dict], args) -> str:
     results = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows,
-               "pg_max": args.pg_max, "real": REAL, "fit": FIT, "goals": goals(rows),
+               "pg_max": args.pg_max, "random_max": args.random_max, "real": REAL, "fit": FIT,
+               "goals": goals(rows),
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     OUT.mkdir(exist_ok=True)
     write_json(OUT / "store.json", results)
-    (OUT / "store.md").write_text(markdown(results))
-    print(markdown(results))
+    text = markdown(results)
+    (OUT / "store.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":

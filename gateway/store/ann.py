@@ -56,7 +56,7 @@ class AnnIndex:
             vectors = matrix[start:start + len(batch_keys)]
             todo = ~np.isnan(vectors[:, 0]) & ~self.index.contains(batch_keys.astype(np.uint64))
             if todo.any():
-                self.index.add(batch_keys[todo].astype(np.uint64), vectors[todo], threads=1)
+                self.index.add(batch_keys[todo].astype(np.uint64), vectors[todo], threads=0)
 
     def reconcile(self, exact: ExactIndex) -> None:
         """Make the index hold exactly exact's live keys (under the store's lock)."""

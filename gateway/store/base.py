@@ -91,6 +91,16 @@ class Filters:
     name: str | None = None
 
 
+def where(filters: Filters, placeholder: str) -> tuple[str, list]:
+    """The SQL WHERE clause (or "") and its arguments for a listing's filters."""
+    clauses, args = [], []
+    for column, value in (("model", filters.model), ("name", filters.name)):
+        if value is not None:
+            clauses.append(f"{column} = {placeholder}")
+            args.append(value)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
 class VectorStore(abc.ABC):
     @abc.abstractmethod
     def add(self, record: Record) -> None: ...

@@ -20,7 +20,7 @@ from face_contract.errors import NotReady, Unavailable
 
 from .ann import AnnIndex
 from .base import (Filters, Record, VectorStore, labels_json, ranked, read_labels, readable,
-                   unit_query)
+                   unit_query, where)
 from .exact import ExactIndex
 
 log = logging.getLogger("gateway.store")
@@ -289,29 +289,18 @@ class LocalStore(VectorStore):
                 f" ({','.join('?' * len(found))})", list(found)).fetchall()
         return ranked([(_record(row[1:]), found[row[0]]) for row in rows], top_k)
 
-    @staticmethod
-    def _where(filters: Filters) -> tuple[str, list]:
-        clauses, args = [], []
-        if filters.model is not None:
-            clauses.append("model = ?")
-            args.append(filters.model)
-        if filters.name is not None:
-            clauses.append("name = ?")
-            args.append(filters.name)
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
-
     def list(self, filters: Filters, limit: int, offset: int) -> list[Record]:
-        where, args = self._where(filters)
+        where_sql, args = where(filters, "?")
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {FIELDS} FROM records{where} ORDER BY registered_at, id"
+                f"SELECT {FIELDS} FROM records{where_sql} ORDER BY registered_at, id"
                 " LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
         return [_record(row) for row in rows]
 
     def count(self, filters: Filters = Filters()) -> int:
-        where, args = self._where(filters)
+        where_sql, args = where(filters, "?")
         with self._lock:
-            return self._db.execute(f"SELECT COUNT(*) FROM records{where}", args).fetchone()[0]
+            return self._db.execute(f"SELECT COUNT(*) FROM records{where_sql}", args).fetchone()[0]
 
     def counts_by_model(self) -> dict[str, int]:
         with self._lock:

@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from face_contract.errors import NotReady, Unavailable
 
 from .base import (Filters, Record, VectorStore, labels_json, ranked, read_labels, readable,
-                   unit_query)
+                   unit_query, where)
 
 log = logging.getLogger("gateway.store")
 
@@ -229,28 +229,17 @@ class PgVectorStore(VectorStore):
         distances = (1.0 - vectors @ query).tolist()  # exact, as the local store computes it
         return ranked([(_record(r), d) for r, d in zip(rows, distances)], top_k)
 
-    @staticmethod
-    def _where(filters: Filters) -> tuple[str, list]:
-        clauses, args = [], []
-        if filters.model is not None:
-            clauses.append("model = %s")
-            args.append(filters.model)
-        if filters.name is not None:
-            clauses.append("name = %s")
-            args.append(filters.name)
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
-
     def list(self, filters: Filters, limit: int, offset: int) -> list[Record]:
-        where, args = self._where(filters)
+        where_sql, args = where(filters, "%s")
         rows = self._run(lambda conn: conn.execute(
-            f"SELECT {FIELDS} FROM face_records{where} {ORDER} LIMIT %s OFFSET %s",
+            f"SELECT {FIELDS} FROM face_records{where_sql} {ORDER} LIMIT %s OFFSET %s",
             [*args, limit, offset]).fetchall())
         return [_record(row) for row in rows]
 
     def count(self, filters: Filters = Filters()) -> int:
-        where, args = self._where(filters)
+        where_sql, args = where(filters, "%s")
         return self._run(lambda conn: conn.execute(
-            f"SELECT count(*) FROM face_records{where}", args).fetchone()[0])
+            f"SELECT count(*) FROM face_records{where_sql}", args).fetchone()[0])
 
     def counts_by_model(self) -> dict[str, int]:
         return dict(self._run(lambda conn: conn.execute(
