@@ -87,8 +87,8 @@ def fit(measured: dict, d: int = 128) -> dict:
     ratio = (1 - measured["impostor_mean"]) * (1 + sigma2)  # impostor cos ~ a^2/(1+a^2)/(1+s^2)
     alpha = float(np.sqrt(ratio / (1 - ratio))) if ratio > 0 else 0.0
     best = None
-    for kappa in np.linspace(0, 0.6, 13):
-        for s in np.sqrt(sigma2) * np.linspace(0.7, 1.3, 13):
+    for kappa in np.linspace(0, 0.6, 7):
+        for s in np.sqrt(sigma2) * np.linspace(0.7, 1.3, 9):
             trial = {"alpha": alpha, "sigma": float(s), "kappa": float(kappa)}
             got = synthetic_distances(rng, trial, d)
             err = (abs(got["genuine_mean"] - measured["genuine_mean"])
@@ -99,7 +99,7 @@ def fit(measured: dict, d: int = 128) -> dict:
     return best[1]
 
 
-def synthetic_distances(rng, params: dict, d: int, pairs: int = 3000) -> dict:
+def synthetic_distances(rng, params: dict, d: int, pairs: int = 2000) -> dict:
     g = _unit(rng.standard_normal(d))
     centres = _centres(rng, g, pairs, params)
     a, b = _photos(rng, centres, params), _photos(rng, centres, params)

@@ -284,6 +284,8 @@ class LocalStore(VectorStore):
                 keys, distances = state.exact.nearest(query, top_k)
             order = np.argsort(distances, kind="stable")[:top_k]
             found = dict(zip(keys[order].tolist(), distances[order].tolist()))
+            if not found:
+                return []
             rows = self._db.execute(
                 f"SELECT seq, {FIELDS} FROM records WHERE seq IN"
                 f" ({','.join('?' * len(found))})", list(found)).fetchall()

@@ -154,8 +154,15 @@ class PgVectorStore(VectorStore):
 
     def _prepare_model(self, conn, model: str, dimension: int) -> None:
         """Inside the add's transaction: the model's dimension and HNSW index exist."""
+        # The common case takes only a share lock on the model's row, so registrations of
+        # one model from many gateways run side by side; a change of dimension waits for them.
+        row = conn.execute("SELECT dimension FROM face_models WHERE model = %s FOR SHARE",
+                           (model,)).fetchone()
+        if row is not None and row[0] == dimension:
+            return
+        # The first record of a model, or a new dimension: one gateway at a time.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("face_model:" + model,))
-        row = conn.execute("SELECT dimension FROM face_models WHERE model = %s",
+        row = conn.execute("SELECT dimension FROM face_models WHERE model = %s FOR UPDATE",
                            (model,)).fetchone()
         if row is not None and row[0] == dimension:
             return
