@@ -371,8 +371,7 @@ def main(argv=None) -> None:
         print("REAL =", json.dumps(REAL), "\nFIT =", json.dumps(FIT), flush=True)
     pg = None
     if args.pg_max > 0:
-        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
-        from pg_support import Postgres
+        from .postgres import Postgres
         pg = Postgres()
     rows = []
     try:

@@ -5,7 +5,7 @@ import pytest
 @pytest.fixture(scope="session")
 def postgres():
     """A PostgreSQL + pgvector server started for this test session and stopped after it."""
-    from pg_support import Postgres
+    from bench.postgres import Postgres
 
     server = Postgres()
     try:

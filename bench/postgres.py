@@ -1,4 +1,5 @@
-"""A real PostgreSQL + pgvector for tests: the `pgserver` wheel's server in a temp dir."""
+"""A real PostgreSQL + pgvector for tests and the store benchmark: the `pgserver` wheel's
+server (test extra) in a temp dir."""
 import shutil
 import tempfile
 import uuid
