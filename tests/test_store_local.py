@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from face_contract.errors import Unavailable
+from face_contract.errors import Unavailable, http_status_for
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.store import Filters, LocalStore, Record, StoreInUse
@@ -75,6 +75,7 @@ def test_a_full_or_read_only_disk_answers_unavailable_and_corrupts_nothing(tmp_p
     with tiny_disk(tmp_path / "disk") as disk:
         store = LocalStore(disk / "s.sqlite3")
         stored = []
+        assert http_status_for(Unavailable.grpc_code) == (503, "unavailable")  # the one map
         with pytest.raises(Unavailable, match="cannot write to its disk"):
             for i in range(10_000):
                 r = rec(f"p{i}", rng.normal(size=512))
