@@ -2,10 +2,14 @@
 
 Rows stay in key order (keys are the database's ever-increasing sequence numbers), so a
 key finds its row by binary search and no per-record Python object is kept. A forget
-fills its row with NaN (a NaN distance sorts after every real one) and the matrix is
-compacted once a quarter of it is dead.
+fills its row with NaN (never a match) and the matrix is compacted once a quarter of it
+is dead.
 """
 import numpy as np
+
+
+# Up to this top_k, the nearest rows are found by repeated argmax instead of a partition.
+FEW = 16
 
 
 class ExactIndex:
@@ -66,14 +70,23 @@ class ExactIndex:
 
     def nearest(self, query: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
         """(keys, cosine distances) of the top_k nearest live rows, in no particular order."""
-        if self.live == 0:
-            return np.empty(0, np.int64), np.empty(0, np.float32)
-        negated = self.matrix[:self.size] @ query  # one pass over the matrix, no copy of it
-        np.negative(negated, out=negated)  # smallest first; NaN (dead rows) sorts last
         k = min(top_k, self.live)
-        best = np.argpartition(negated, k - 1)[:k] if k < self.size else np.arange(self.size)
-        best = best[~np.isnan(negated[best])]
-        return self.keys[best], 1.0 + negated[best]
+        if k == 0:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        sims = self.matrix[:self.size] @ query  # one pass over the matrix, no copy of it
+        if self.dead:  # dead rows are NaN: make them lose every comparison
+            np.nan_to_num(sims, copy=False, nan=-np.inf)
+        if k <= FEW:  # a few vectorised argmax passes cost far less than a partition
+            best = np.empty(k, np.int64)
+            values = np.empty(k, np.float32)
+            for i in range(k):
+                best[i] = np.argmax(sims)
+                values[i] = sims[best[i]]
+                sims[best[i]] = -np.inf
+        else:
+            best = np.argpartition(sims, self.size - k)[self.size - k:]
+            values = sims[best]
+        return self.keys[best], 1.0 - values
 
     def rerank(self, keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact distances of candidate keys (from an approximate index); unknown keys dropped."""
