@@ -8,7 +8,7 @@ DATA_DIR ?= data
 PORT ?= 8080
 # ACCEPT_LICENSE=1 accepts a research-only model's licence; GALLERY=FILE adds a custom gallery.
 
-.PHONY: install proto test run bench-deps bench-accuracy bench-latency bench-store
+.PHONY: install proto test run bench-deps bench-accuracy bench-latency bench-pool bench-store
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench-accuracy: bench-deps
 
 bench-latency: bench-deps
 	$(BIN)/python -m bench.latency $(BENCH_ARGS)
+
+# One multi-threaded backend against a pool of single-threaded ones; CPU per verify of a pair.
+bench-pool:
+	$(BIN)/python -m bench.pool $(BENCH_ARGS)
 
 # Registry search at scale (synthetic galleries fitted to the real pack; pgvector via the
 # pgserver wheel of the test extra). Long: BENCH_ARGS="--sizes 10000,100000" for less.
