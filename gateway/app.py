@@ -29,7 +29,7 @@ from .metrics import Metrics, MetricsMiddleware
 from .multipart import MultipartMiddleware, form_schema
 from .page import install_page
 from .settings import Settings
-from .store import Filters, Record, Stores, open_stores, require
+from .store import Filters, Record, Stores, VectorStore, open_stores, require
 
 
 @dataclasses.dataclass
