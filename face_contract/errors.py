@@ -31,6 +31,11 @@ class NotReady(FaceError):
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Unavailable(FaceError):
+    """The registry's database or disk is unreachable or refuses writes for now (503)."""
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
 # Message prefixes of the backend's answers that mean "load the model again" to the gateway:
 # the backend lost its model (restarted) or another client loaded a different one.
 NO_MODEL_LOADED = "no model loaded"

@@ -17,6 +17,7 @@ from .app import create_app
 from .auth import is_loopback, reload_on_sighup
 from .httpserver import guarded_protocol
 from .settings import Settings, default_max_concurrency, pools_from_specs
+from .store import StoreOpenError
 
 
 def _env_flag(name: str) -> bool:
@@ -59,9 +60,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                    default=int(env("FACE_BACKEND_THREADS", Settings.backend_threads)),
                    help="onnxruntime threads of each backend it loads (LoadModel Threads; "
                         "0: the backend's default); env FACE_BACKEND_THREADS")
-    p.add_argument("--store", action="append", dest="stores", default=None, metavar="NAME",
-                   help="a registry store name (repeatable; default local-store); "
-                        "env FACE_STORES, comma-separated")
+    p.add_argument("--store", action="append", dest="stores", default=None,
+                   metavar="NAME[=DSN]",
+                   help="a registry store (repeatable; default local-store): a bare NAME is a "
+                        "local store under --data-dir, DSN sqlite:///path a local store there, "
+                        "postgresql://... a pgvector store; env FACE_STORES, ';'-separated")
+    p.add_argument("--default-store", default=env("FACE_DEFAULT_STORE"),
+                   help="store used when a request names none (default local-store, else "
+                        "the first); env FACE_DEFAULT_STORE")
+    p.add_argument("--ann-threshold", type=int,
+                   default=int(env("FACE_ANN_THRESHOLD", "0")) or None,
+                   help="give a local store's model an approximate index (usearch HNSW, "
+                        "re-ranked exactly) from this many records on; default off; "
+                        "env FACE_ANN_THRESHOLD")
     p.add_argument("--allow-private-urls", action="store_true",
                    default=_env_flag("FACE_ALLOW_PRIVATE_URLS"),
                    help="let image URLs reach loopback, private and link-local addresses; "
@@ -109,12 +120,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _env_stores() -> list[str]:
+    """FACE_STORES: 'NAME=DSN;NAME=DSN' (DSNs may hold commas); plain names may also be
+    comma-separated."""
+    value = os.environ.get("FACE_STORES", "")
+    separator = ";" if ";" in value or "=" in value else ","
+    return [item.strip() for item in value.split(separator) if item.strip()]
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
         models_dir=args.models_dir, data_dir=args.data_dir, default_model=args.default_model,
         external_backends=pools_from_specs(args.backends),
         backends_per_model=args.backends_per_model, backend_threads=args.backend_threads,
-        stores=tuple(args.stores or _env_list("FACE_STORES") or ["local-store"]),
+        stores=tuple(args.stores or _env_stores() or ["local-store"]),
+        default_store=args.default_store, ann_threshold=args.ann_threshold,
         allow_private_urls=args.allow_private_urls, max_body_bytes=args.max_body_bytes,
         max_url_bytes=args.max_url_bytes, url_timeout_s=args.url_timeout,
         max_concurrency=args.max_concurrency, max_inflight_bytes=args.max_inflight_bytes,
@@ -151,7 +171,7 @@ def main(argv=None) -> None:
         settings = settings_from(args)
         refuse_public_without_keys(args, settings)
         app = create_app(settings)
-    except ValueError as exc:
+    except (ValueError, StoreOpenError) as exc:
         raise SystemExit(f"face-gateway: {exc}") from None
     if settings.api_keys_file is not None:
         reload_on_sighup(app.state.auth.keys)

@@ -33,13 +33,13 @@ from .metrics import Metrics, MetricsMiddleware
 from .multipart import MultipartMiddleware, form_schema
 from .page import install_page
 from .settings import Settings
-from .store import Filters, Record, VectorStore, open_stores, require
+from .store import Filters, Record, Stores, VectorStore, open_stores, require
 
 
 @dataclasses.dataclass
 class Gateway:
     backends: Backends
-    stores: dict[str, VectorStore]
+    stores: Stores
     fetcher: UrlFetcher
     metrics: Metrics
 
@@ -274,7 +274,8 @@ FORM_ROUTES = {route.path: route.endpoint.__annotations__["body"]
 
 
 def create_app(settings: Settings) -> FastAPI:
-    stores = open_stores(settings.data_dir, settings.stores)
+    stores = open_stores(settings.data_dir, settings.store_specs(), settings.default_store,
+                         settings.ann_threshold)
     backends = Backends(settings)
     gw = Gateway(backends=backends, stores=stores,
                  fetcher=UrlFetcher(settings.allow_private_urls, settings.max_url_bytes,
@@ -291,8 +292,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await backends.close()
-            for store in stores.values():
-                store.close()
+            stores.close()
 
     # Swagger UI and ReDoc come from the fastapi-offline package: /docs works offline.
     app = FastAPIOffline(title="Face gateway", version="0.1.0", lifespan=lifespan,

@@ -8,6 +8,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from face_contract.errors import Unavailable
+
 from .errors import error_type
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -24,7 +26,11 @@ class _StateCollector:
                                     "Registered faces per store and model",
                                     labels=["store", "model"])
         for store_name, store in self.stores.items():
-            for model, count in store.counts_by_model().items():
+            try:
+                counts = store.counts_by_model()
+            except Unavailable:  # a database that is down has no count to report
+                continue
+            for model, count in counts.items():
                 records.add_metric([store_name, model], count)
         yield records
         starts = CounterMetricFamily("face_gateway_backend_starts",

@@ -4,6 +4,9 @@ import os
 import pathlib
 import re
 
+from .store import check_dsn
+
+
 def default_max_concurrency() -> int:
     """Image requests served at once: a few per core keeps every core busy without a
     queue that only adds memory and latency."""
@@ -23,7 +26,11 @@ class Settings:
     external_backends: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     backends_per_model: int = 1  # processes the gateway starts for a model without external ones
     backend_threads: int = 0  # LoadModel Threads for the backends; 0: the backend's default
+    # "NAME" (a local store under data_dir) or "NAME=DSN" (sqlite:///path, postgresql://...)
     stores: tuple[str, ...] = ("local-store",)
+    default_store: str | None = None  # None: local-store if configured, else the first
+    # Local stores add an approximate index for models with at least this many records.
+    ann_threshold: int | None = None
     allow_private_urls: bool = False
     # 48 MiB keeps a two-image verify body under the 50 MB gRPC message limit.
     max_body_bytes: int = 48 * 1024 * 1024
@@ -56,11 +63,30 @@ class Settings:
             raise ValueError("--backends-per-model must be at least 1")
         if self.backend_threads < 0:
             raise ValueError("--backend-threads must be 0 (the backend's default) or more")
-        for name in self.stores:
-            if not STORE_NAME.match(name):
-                raise ValueError(f"store name {name!r}: use letters, digits, '.', '_' or '-'")
         if not self.stores:
             raise ValueError("at least one store must be configured")
+        specs = self.store_specs()
+        if len(specs) != len(self.stores):
+            raise ValueError("a store name is configured twice")
+        if self.default_store is not None and self.default_store not in specs:
+            raise ValueError(f"--default-store {self.default_store!r} is not a configured store "
+                             f"(configured: {', '.join(specs)})")
+        if self.ann_threshold is not None and self.ann_threshold < 1:
+            raise ValueError("--ann-threshold must be at least 1")
+
+    def store_specs(self) -> dict[str, str | None]:
+        """{store name: DSN, or None for a local store under data_dir}."""
+        return dict(parse_store_spec(spec) for spec in self.stores)
+
+
+def parse_store_spec(spec: str) -> tuple[str, str | None]:
+    """'NAME' -> (NAME, None); 'NAME=DSN' -> (NAME, DSN)."""
+    name, sep, dsn = spec.strip().partition("=")
+    if not STORE_NAME.match(name):
+        raise ValueError(f"store name {name!r}: use letters, digits, '.', '_' or '-'")
+    dsn = dsn.strip() if sep else None
+    check_dsn(name, dsn)
+    return name, dsn
 
 
 def pools_from_specs(specs) -> dict[str, tuple[str, ...]]:

@@ -91,6 +91,33 @@ def test_bad_store_names(tmp_path):
         Settings(models_dir=tmp_path, data_dir=tmp_path, stores=("../escape",))
 
 
+def test_stores_by_dsn_from_env_and_flags(monkeypatch):
+    monkeypatch.setenv("FACE_STORES", "local-store; shared=postgresql://face:pw@db/faces?"
+                                      "host=a,b; side=sqlite:////var/lib/face/side.db")
+    monkeypatch.setenv("FACE_DEFAULT_STORE", "shared")
+    monkeypatch.setenv("FACE_ANN_THRESHOLD", "50000")
+    settings = settings_from(parse_args([]))
+    assert settings.store_specs() == {
+        "local-store": None, "shared": "postgresql://face:pw@db/faces?host=a,b",
+        "side": "sqlite:////var/lib/face/side.db"}
+    assert settings.default_store == "shared" and settings.ann_threshold == 50000
+    flags = settings_from(parse_args(["--store", "a", "--store", "b=sqlite:///b.db",
+                                      "--default-store", "b", "--ann-threshold", "7"]))
+    assert flags.store_specs() == {"a": None, "b": "sqlite:///b.db"}
+    assert flags.default_store == "b" and flags.ann_threshold == 7
+
+
+@pytest.mark.parametrize("stores, default, message", [
+    (("a=mysql://u:hidden@h/db",), None, "neither postgresql"),
+    (("a", "a=sqlite:///x.db"), None, "twice"),
+    (("a",), "b", "not a configured store"),
+])
+def test_bad_store_configuration(tmp_path, stores, default, message):
+    with pytest.raises(ValueError, match=message) as bad:
+        Settings(models_dir=tmp_path, data_dir=tmp_path, stores=stores, default_store=default)
+    assert "hidden" not in str(bad.value)
+
+
 @pytest.mark.parametrize("options, threshold", [
     (["engine:insightface", "verify_threshold:0.74"], 0.74),
     (["engine:insightface", "model_pack:buffalo_l"], 0.35),

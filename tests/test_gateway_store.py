@@ -1,12 +1,13 @@
-"""The registry store: durable SQLite, exact cosine search per model, listing order."""
+"""The registry stores over the VectorStore interface: one suite run on the local store and
+on a real PostgreSQL + pgvector (started by the `postgres` session fixture)."""
 import re
-import sqlite3
 
 import numpy as np
 import pytest
 
 from face_contract.errors import FaceError, InvalidInput, NotReady
-from gateway.store import Filters, LocalStore, Record, open_stores, require
+from gateway.store import (Filters, LocalStore, PgVectorStore, Record, open_store, open_stores,
+                           require)
 
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -20,11 +21,32 @@ def record(name, vector, model="m", labels=None):
     return Record.new(name, labels or {}, model, vector)
 
 
+@pytest.fixture(params=["local", "pgvector"])
+def kind(request):
+    return request.param
+
+
 @pytest.fixture
-def store(tmp_path):
-    s = LocalStore(tmp_path / "local-store.sqlite3")
-    yield s
-    s.close()
+def reopen(kind, tmp_path, request):
+    """reopen() opens (another handle on) the same store: a restart, or a second gateway."""
+    opened = []
+    dsn = (request.getfixturevalue("postgres").fresh_database() if kind == "pgvector"
+           else None)
+
+    def reopen():
+        for s in opened:  # a local store is single-writer: the previous handle goes first
+            if kind == "local":
+                s.close()
+        opened.append(open_store("local-store", dsn, tmp_path))
+        return opened[-1]
+    yield reopen
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def store(reopen):
+    return reopen()
 
 
 def test_new_record_is_normalised_and_stamped():
@@ -38,12 +60,6 @@ def test_new_record_is_normalised_and_stamped():
 def test_zero_embedding_is_refused():
     with pytest.raises(FaceError, match="zero embedding"):
         record("nobody", [0.0, 0.0])
-
-
-def test_sqlite_is_wal_and_fully_synchronous(store, tmp_path):
-    db = store._db
-    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
 def test_search_is_exact_cosine_ascending_and_per_model(store):
@@ -61,33 +77,33 @@ def test_search_is_exact_cosine_ascending_and_per_model(store):
     assert store.search("n", [1, 0, 0], top_k=5)[0][0].id == other.id
 
 
-def test_records_survive_reopening(tmp_path):
-    path = tmp_path / "s.sqlite3"
-    first = LocalStore(path)
-    kept = record("kept", unit(0.2, 0.9, 0.1), labels={"team": "blue"})
+def test_records_survive_reopening(reopen):
+    first = reopen()
+    kept = record("kept", unit(0.2, 0.9, 0.1), labels={"team": "blue", "ünï": "cödé"})
     gone = record("gone", unit(1, 0, 0))
     first.add(kept)
     first.add(gone)
     assert first.delete(gone.id) is True
-    first.close()
-    second = LocalStore(path)
+    second = reopen()
     got = second.get(kept.id)
     assert (got.name, got.labels, got.model, got.dimension, got.registered_at) == \
-        ("kept", {"team": "blue"}, "m", 3, kept.registered_at)
+        ("kept", {"team": "blue", "ünï": "cödé"}, "m", 3, kept.registered_at)
     assert second.get(gone.id) is None
     [(hit, distance)] = second.search("m", kept.embedding, top_k=5)
     assert hit.id == kept.id and distance == pytest.approx(0.0, abs=1e-6)
-    second.close()
 
 
-def test_a_committed_add_is_visible_to_another_connection(store, tmp_path):
-    rec = record("durable", unit(1, 2, 3))
-    store.add(rec)
-    # A second connection (as after a crash) sees the row: it was committed, not only cached.
-    other = sqlite3.connect(tmp_path / "local-store.sqlite3")
-    row = other.execute("SELECT name FROM records WHERE id = ?", (rec.id,)).fetchone()
-    assert row == ("durable",)
-    other.close()
+def test_distances_are_the_exact_float32_ones(store):
+    rng = np.random.default_rng(7)
+    recs = [record(f"p{i}", rng.normal(size=64)) for i in range(120)]
+    for r in recs:
+        store.add(r)
+    query = rng.normal(size=64).astype(np.float32)
+    q = query / np.linalg.norm(query)
+    exact = sorted(((1.0 - float(np.float32(r.embedding @ q)), r.id) for r in recs))[:10]
+    hits = store.search("m", query, top_k=10)
+    assert [r.id for r, _ in hits] == [i for _, i in exact]
+    assert [d for _, d in hits] == pytest.approx([d for d, _ in exact], abs=1e-6)
 
 
 def test_delete_keeps_the_remaining_rows_searchable(store):
@@ -96,27 +112,37 @@ def test_delete_keeps_the_remaining_rows_searchable(store):
         store.add(r)
     assert store.delete(recs[1].id)
     assert not store.delete(recs[1].id)
-    for r in (recs[0], recs[2], recs[3]):  # the last row moved into the hole and still matches
+    assert not store.delete("not-a-uuid")
+    for r in (recs[0], recs[2], recs[3]):
         assert store.search("m", r.embedding, top_k=1)[0][0].id == r.id
+    assert recs[1].id not in {r.id for r, _ in store.search("m", recs[1].embedding, top_k=4)}
     assert store.count() == 3
 
 
-def test_many_adds_grow_the_matrix(store):
+def test_many_adds_and_deletes(store):
     rng = np.random.default_rng(0)
-    recs = [record(f"p{i}", rng.normal(size=8)) for i in range(40)]
+    recs = [record(f"p{i}", rng.normal(size=8)) for i in range(60)]
     for r in recs:
         store.add(r)
-    for r in recs[::7]:
+    for r in recs[:40:2]:  # enough forgets for the local matrix to compact itself
+        assert store.delete(r.id)
+    kept = [r for r in recs if r not in recs[:40:2]]
+    for r in kept[::5]:
         assert store.search("m", r.embedding, top_k=1)[0][0].id == r.id
-    assert store.counts_by_model() == {"m": 40}
+    assert len(store.search("m", recs[0].embedding, top_k=100)) == len(kept)
+    assert store.counts_by_model() == {"m": len(kept)}
 
 
 def test_dimension_mismatch_is_a_precondition_failure(store):
-    store.add(record("a", unit(1, 0, 0)))
+    first = record("a", unit(1, 0, 0))
+    store.add(first)
     with pytest.raises(NotReady, match="3-d"):
         store.add(record("b", unit(1, 0)))
     with pytest.raises(NotReady):
         store.search("m", [1, 0], top_k=1)
+    store.delete(first.id)  # an emptied model may change dimension
+    store.add(record("c", unit(1, 0)))
+    assert store.search("m", [1, 0], top_k=1)[0][0].name == "c"
 
 
 def test_listing_order_filters_and_paging(store):
@@ -136,14 +162,30 @@ def test_listing_order_filters_and_paging(store):
     assert store.count(Filters(model="m")) == 3 and store.count(Filters(name="x", model="n")) == 1
 
 
-def test_stores_by_name(tmp_path):
-    stores = open_stores(tmp_path, ["local-store", "staff"])
-    assert require(stores, None) is stores["local-store"]
-    assert require(stores, "staff") is stores["staff"]
-    with pytest.raises(InvalidInput, match="unknown store 'nope'"):
-        require(stores, "nope")
-    stores["staff"].add(record("s", unit(1, 0)))
-    assert stores["local-store"].count() == 0 and stores["staff"].count() == 1
-    assert (tmp_path / "staff.sqlite3").exists()
-    for s in stores.values():
-        s.close()
+@pytest.mark.parametrize("bad", [{"name": "\ud800"}, {"labels": {"k": "a\udfffb"}},
+                                 {"labels": {"\ud800": "v"}}, {"name": "nul\x00"}])
+def test_a_record_that_cannot_be_serialised_is_never_stored(store, bad):
+    rec = record(bad.get("name", "ok"), unit(1, 0), labels=bad.get("labels"))
+    with pytest.raises(InvalidInput, match="name|labels"):
+        store.add(rec)
+    assert store.count() == 0 and store.search("m", [1, 0], top_k=1) == []
+
+
+def test_stores_by_name_and_dsn(tmp_path, postgres):
+    dsn = postgres.fresh_database()
+    stores = open_stores(tmp_path, {"local-store": None, "staff": None,
+                                    "elsewhere": f"sqlite:///{tmp_path / 'x' / 'e.db'}",
+                                    "shared": dsn}, default="shared")
+    try:
+        assert require(stores, None) is stores["shared"]
+        assert isinstance(stores["shared"], PgVectorStore)
+        assert isinstance(stores["elsewhere"], LocalStore)
+        assert require(stores, "staff") is stores["staff"]
+        with pytest.raises(InvalidInput, match="unknown store 'nope'"):
+            require(stores, "nope")
+        stores["staff"].add(record("s", unit(1, 0)))
+        assert stores["local-store"].count() == 0 and stores["staff"].count() == 1
+        assert (tmp_path / "staff.sqlite3").exists() and (tmp_path / "x" / "e.db").exists()
+    finally:
+        stores.close()
+    assert require(open_stores(tmp_path / "d", ["a", "local-store"]), None).name == "local-store"

@@ -1,0 +1,95 @@
+"""The pgvector store's own guarantees: no stale cache between replicas, the HNSW index
+serves searches, outages answer 503 and the store reconnects by itself."""
+import time
+
+import numpy as np
+import psycopg
+import pytest
+
+from face_contract.errors import Unavailable
+from gateway.store import Filters, PgVectorStore, Record, check_dsn
+from gateway.store.pgvector import redacted
+
+
+def rec(name, vector, model="m"):
+    return Record.new(name, {}, model, vector)
+
+
+@pytest.fixture
+def dsn(postgres):
+    return postgres.fresh_database()
+
+
+def test_two_replicas_see_each_others_writes_at_once(dsn):
+    one, two = PgVectorStore(dsn, "a"), PgVectorStore(dsn, "b")
+    try:
+        r = rec("shared", [0.1, 0.9, 0.3])
+        one.add(r)
+        assert two.search("m", r.embedding, top_k=1)[0][0].id == r.id
+        assert two.count() == 1 and two.get(r.id).name == "shared"
+        assert two.delete(r.id)
+        assert one.search("m", r.embedding, top_k=1) == [] and one.get(r.id) is None
+    finally:
+        one.close()
+        two.close()
+
+
+def test_searches_use_the_models_hnsw_index(dsn):
+    # With sequential scans priced out, a search that can use the partial HNSW index must.
+    store = PgVectorStore(dsn + "&options=-c%20enable_seqscan%3Doff", "s")
+    rng = np.random.default_rng(5)
+    try:
+        for i in range(50):
+            store.add(rec(f"p{i}", rng.normal(size=16)))
+        store.add(rec("other", rng.normal(size=8), model="n"))
+        store.search("m", rng.normal(size=16), top_k=3)
+    finally:
+        store.close()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        indexes = dict(conn.execute(
+            "SELECT indexrelname, pg_get_indexdef(indexrelid) FROM pg_stat_user_indexes"
+            " WHERE indexrelname LIKE 'face_hnsw_%'").fetchall())
+        assert len(indexes) == 2 and all("hnsw" in d and "WHERE" in d for d in indexes.values())
+        deadline = time.monotonic() + 10
+        while True:  # statistics reach the view a moment after the search's transaction
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            scans = conn.execute("SELECT sum(idx_scan) FROM pg_stat_user_indexes"
+                                 " WHERE indexrelname LIKE 'face_hnsw_%'").fetchone()[0]
+            if scans or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert scans >= 1
+
+
+def test_a_database_outage_is_a_503_and_the_store_reconnects(postgres, dsn):
+    store = PgVectorStore(dsn, "s")
+    kept = rec("kept", [1, 0, 0])
+    store.add(kept)
+    postgres.stop()
+    try:
+        for call in (lambda: store.add(rec("lost", [0, 1, 0])),
+                     lambda: store.search("m", [1, 0, 0], top_k=1),
+                     lambda: store.delete(kept.id)):
+            started = time.monotonic()
+            with pytest.raises(Unavailable, match="'s' .*unreachable"):
+                call()
+            assert time.monotonic() - started < 15
+        late = PgVectorStore(dsn, "late")  # a gateway may start while the database is down
+    finally:
+        postgres.start()
+    try:
+        assert store.search("m", [1, 0, 0], top_k=1)[0][0].id == kept.id
+        assert late.count() == 1
+        store.add(rec("back", [0, 1, 0]))
+        assert late.count(Filters(name="back")) == 1
+    finally:
+        store.close()
+        late.close()
+
+
+def test_a_dsn_password_is_never_shown():
+    assert "s3cret" not in redacted("postgresql://face:s3cret@db.example:5432/faces")
+    assert "db.example" in redacted("postgresql://face:s3cret@db.example:5432/faces")
+    with pytest.raises(ValueError) as bad:
+        check_dsn("x", "mysql://face:s3cret@db/faces")
+    assert "s3cret" not in str(bad.value) and "postgresql://" in str(bad.value)
