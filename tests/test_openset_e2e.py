@@ -105,3 +105,17 @@ def test_identify_policy_contradictions_are_400s(service):
     assert r.status == 400 and "either threshold or match_policy" in r.error
     r = service.post("/v1/face/identify", img="x", fpir=1.5)
     assert r.status == 400 and "fpir" in r.error
+
+
+def test_group_by_name_gives_one_match_per_person(service):
+    everyone = people_in_fixed_order(labelled_faces())
+    name, photos = next((n, p) for n, p in everyone if n.startswith("nuaa_"))  # a dozen photos
+    for photo in photos[1:4]:
+        assert service.post("/v1/face/register", img=b64(photo), name="group-" + name).ok
+    for other, other_photos in everyone[:2]:  # at least two more people, whatever ran before
+        assert service.post("/v1/face/register", img=b64(other_photos[0]), name=other).ok
+    faces = service.post("/v1/face/identify", img=b64(photos[0]), top_k=3).body["matches"]
+    people = service.post("/v1/face/identify", img=b64(photos[0]), top_k=3,
+                          group_by="name").body["matches"]
+    assert [m["name"] for m in faces].count("group-" + name) >= 2  # one person, several rows
+    assert people[0] == faces[0] and len({m["name"] for m in people}) == len(people) == 3
