@@ -50,19 +50,21 @@ def searches(vectors: dict, gallery, mated, non_mated, size: int) -> dict:
             "non_mated_best": np.sort(non_mated_best)}
 
 
-def fpir(s: dict, threshold: float) -> float:
-    return float(np.mean(s["non_mated_best"] <= threshold))
+def fpir(s: dict, threshold):
+    """Share of non-mated probes whose nearest face is within `threshold` (a number or array)."""
+    return np.searchsorted(s["non_mated_best"], threshold, "right") / len(s["non_mated_best"])
 
 
-def fnir(s: dict, threshold: float) -> float:
-    return float(np.mean(~(s["mated_right"] & (s["mated_best"] <= threshold))))
+def fnir(s: dict, threshold):
+    """Share of mated probes not found: nearest face not the mate, or beyond `threshold`."""
+    found = np.sort(s["mated_best"][s["mated_right"]])
+    return 1.0 - np.searchsorted(found, threshold, "right") / len(s["mated_best"])
 
 
 def det_curve(s: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(FPIR, FNIR) at every threshold between two non-mated probes' distances."""
-    t = np.concatenate([[s["non_mated_best"][0] - 1e-6],
-                        (s["non_mated_best"][:-1] + s["non_mated_best"][1:]) / 2])
-    return (np.array([fpir(s, x) for x in t]), np.array([fnir(s, x) for x in t]))
+    """(FPIR, FNIR) at every threshold where either changes, strictest first."""
+    t = np.unique(np.concatenate([s["non_mated_best"], s["mated_best"]]))
+    return fpir(s, t), fnir(s, t)
 
 
 def evaluate(vectors: dict, people, identify_threshold: float, verify_threshold: float) -> dict:
@@ -74,14 +76,14 @@ def evaluate(vectors: dict, people, identify_threshold: float, verify_threshold:
         s = searches(vectors, gallery, mated, non_mated, size)
         row = {"N": size, "mated_probes": len(s["mated_best"]), "non_mated_probes": len(non_mated),
                "identify_threshold": identify_threshold,
-               "fpir_at_identify_threshold": fpir(s, identify_threshold),
-               "fnir_at_identify_threshold": fnir(s, identify_threshold),
+               "fpir_at_identify_threshold": float(fpir(s, identify_threshold)),
+               "fnir_at_identify_threshold": float(fnir(s, identify_threshold)),
                "verify_threshold": verify_threshold,
-               "fpir_at_verify_threshold": fpir(s, verify_threshold)}
+               "fpir_at_verify_threshold": float(fpir(s, verify_threshold))}
         for point in FPIR_POINTS:
             t = threshold_at(s["non_mated_best"], point)
             row[f"threshold_at_fpir_{point:g}"] = t
-            row[f"fnir_at_fpir_{point:g}"] = fnir(s, t)
+            row[f"fnir_at_fpir_{point:g}"] = float(fnir(s, t))
         rows.append(row)
         curves[size] = det_curve(s)
     return {"rows": rows, "curves": curves}
