@@ -45,13 +45,16 @@ class Decision:
 
 
 def recognizer(config: ModelConfig | None) -> str | None:
-    """The recognizer file stem a config loads: the key of its impostor table."""
+    """The recognizer file stem a config loads: the key of its impostor table.
+
+    By file name, as the backend's verify defaults are: another network saved under a
+    calibrated name needs its own `identify_threshold` (and no fpir policy)."""
     if config is None:
         return None
-    if config.option("engine") in ("opencv", "onnx_direct"):
-        return pathlib.Path(config.option("recognizer_onnx", "")).stem or None
     if config.option("recognizer_onnx"):
         return pathlib.Path(config.option("recognizer_onnx")).stem
+    if config.option("engine") in ("opencv", "onnx_direct"):
+        return None  # such a config always names its recognizer_onnx
     return PACK_RECOGNIZERS.get(config.option("model_pack", "buffalo_l"))
 
 
