@@ -305,8 +305,8 @@ def main(argv=None) -> None:
     results = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(), "quick": args.quick, "model": PACK_NAME,
-        "default_threshold": DEFAULT_THRESHOLD, "lfw_images": len(vectors),
-        "lfw_no_face_images": sum(v is None for v in vectors.values()),
+        "default_threshold": DEFAULT_THRESHOLD, "lfw_images": len(unique_files(pairs)),
+        "lfw_no_face_images": sum(vectors[p] is None for p in unique_files(pairs)),
         **verification(distances, pairs, DEFAULT_THRESHOLD), **found, **live, **attrs,
         "comparison": comparison(fold, replies, fold_distances, args.workers),
     }

@@ -227,7 +227,8 @@ def accuracy_markdown(r: dict) -> str:
         "",
         "One photo per identity registered (the first by file name), every other photo of it "
         "identified; one store per photo set. Rank-1: the nearest record is the right person; "
-        "matched: also within the default threshold.",
+        "matched: also within identify's default threshold (stricter than verify's: see the "
+        "open-set section).",
         "",
         table(["set", "identities", "probes", "rank-1", "matched", "no face"], [
             [name, s["identities"], s["probes"], pct(s["rank1"]), pct(s["matched"]), s["no_face"]]
