@@ -6,6 +6,7 @@ MODEL ?= insightface-opencv
 MODELS_DIR ?= models
 DATA_DIR ?= data
 PORT ?= 8080
+# ACCEPT_LICENSE=1 accepts a research-only model's licence; GALLERY=FILE adds a custom gallery.
 
 .PHONY: install proto test run bench-deps bench-accuracy bench-latency
 
@@ -21,7 +22,8 @@ test:
 	$(BIN)/python -m pytest -q
 
 run:
-	$(BIN)/python -m gallery ensure $(MODEL) --models-dir $(MODELS_DIR) $(if $(GALLERY),--gallery $(GALLERY))
+	$(BIN)/python -m gallery ensure $(MODEL) --models-dir $(MODELS_DIR) $(if $(GALLERY),--gallery $(GALLERY)) \
+		$(if $(filter 1 yes true,$(ACCEPT_LICENSE)),--accept-license)
 	$(BIN)/python -m gateway --models-dir $(MODELS_DIR) --data-dir $(DATA_DIR) --port $(PORT) --default-model $(MODEL)
 
 # The peer, face_recognition, goes in without its dependencies: it asks for `dlib`, which

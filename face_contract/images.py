@@ -15,6 +15,7 @@ MAX_IMAGE_PIXELS = 40_000_000        # width x height after decoding (about 7700
 MIN_IMAGE_SIDE = 16
 
 _DATA_URI = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
 
 
 def b64_to_bytes(text: str, field: str = "image") -> bytes:
@@ -23,10 +24,16 @@ def b64_to_bytes(text: str, field: str = "image") -> bytes:
     payload = _DATA_URI.sub("", text.strip(), count=1)
     if len(payload) > MAX_IMAGE_BYTES * 4 // 3 + 4:
         raise InvalidInput(f"{field} is larger than the {MAX_IMAGE_BYTES} byte limit")
+    payload = _WHITESPACE.sub("", payload)  # base64 tools wrap lines
     try:
-        return base64.b64decode(payload + "=" * (-len(payload) % 4), validate=False)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"{field} is not valid base64: {exc}") from None
+        return base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        # A common mistake is a file path: it is not read, it must be sent.
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise InvalidInput(
+            f"{field} is neither an http(s) URL, a data: URI nor valid base64 (got {shown!r}); "
+            f"expected the image bytes base64-encoded, data:image/jpeg;base64,... or "
+            f"https://...; to send a file, upload it as multipart/form-data") from None
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:

@@ -14,7 +14,7 @@ import sys
 
 from gallery import DEFAULT_MODEL
 from gallery.configs import ConfigError, load_model_configs
-from gallery.download import ChecksumError, DownloadError
+from gallery.download import ChecksumError, DownloadError, NotAtSource
 from gallery.index import GalleryError, find_entry, load_galleries
 from gallery.install import InstallError, ensure, install, remove, verify
 from gallery.unpack import UnpackError
@@ -42,10 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models-dir", type=pathlib.Path,
                         default=pathlib.Path(os.environ.get("FACE_MODELS_DIR", "models")),
                         help="models folder (env FACE_MODELS_DIR; default ./models)")
-    parser.add_argument("--gallery", action="append", default=[], metavar="FILE_OR_URL",
-                        help="a custom gallery, searched before the built-in one (repeatable)")
+    parser.add_argument("--gallery", action="append", metavar="FILE_OR_URL",
+                        default=[g for g in os.environ.get("FACE_MODELS_GALLERY", "").split(",") if g],
+                        help="a custom gallery, searched before the built-in one (repeatable; "
+                             "env FACE_MODELS_GALLERY, comma-separated)")
     parser.add_argument("--mirror", type=pathlib.Path, default=os.environ.get("FACE_MODELS_MIRROR") or None,
-                        metavar="DIR", help="take files from DIR by file name (env FACE_MODELS_MIRROR)")
+                        metavar="DIR", help="take files from DIR, searched recursively by file name "
+                        "and SHA-256 (env FACE_MODELS_MIRROR)")
     parser.add_argument("--accept-license", action="store_true",
                         default=os.environ.get("FACE_MODELS_ACCEPT_LICENSE", "") in ("1", "true", "yes"),
                         help="accept a research-only licence (env FACE_MODELS_ACCEPT_LICENSE=1)")
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.command} needs a model name")
     try:
         return _run(args)
+    except NotAtSource as exc:  # the server answered: internet is not the problem
+        print(f"face-models: {exc}", file=sys.stderr)
     except DownloadError as exc:
         print(f"face-models: {exc}. {OFFLINE_HINT}", file=sys.stderr)
     except (GalleryError, InstallError, ChecksumError, UnpackError, ConfigError, OSError) as exc:
@@ -106,13 +111,29 @@ def _print_list(entries, models_dir: pathlib.Path) -> None:
     print("Gallery:")
     for entry in entries:
         state = "installed" if entry.name in installed else (
-            "needs --accept-license (research only)" if entry.research_only else "")
+            _partly(entry, models_dir) or
+            ("needs --accept-license (research only)" if entry.research_only else ""))
         print(f"  {entry.name:<{width}}{entry.license:<30}{state}".rstrip())
     print(f"Installed in {models_dir}:" if installed else f"Installed in {models_dir}: none")
     licences = {e.name: e.license for e in entries}
     for name, config in installed.items():
         licence = config.license or licences.get(name) or "licence unknown"
         print(f"  {name:<{width}}{licence}")
+    parts = sorted(models_dir.glob("*.part")) if models_dir.is_dir() else []
+    if parts:
+        print(f"Partly downloaded in {models_dir} (install again to resume):")
+        for part in parts:
+            print(f"  {part.name:<{width}}{part.stat().st_size} bytes")
+
+
+def _partly(entry, models_dir: pathlib.Path) -> str:
+    """'partly installed: ...' when some of a not-installed entry's files are on disk."""
+    present = sum((models_dir / f.filename).is_file() for f in entry.files)
+    partial = sum((models_dir / f"{f.filename}.part").is_file() for f in entry.files)
+    if not present and not partial:
+        return ""
+    return (f"partly installed: {present} of {len(entry.files)} files"
+            + (f", {partial} partly downloaded" if partial else "") + "; install again to finish")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ class DownloadError(Exception):
     """The bytes could not be fetched (network, HTTP status, missing source file)."""
 
 
+class NotAtSource(DownloadError):
+    """The source answered, but has no such file (HTTP 404/410, a missing local file)."""
+
+
 class ChecksumError(Exception):
     """The bytes arrived but are not the expected file (size or SHA-256 differ)."""
 
@@ -86,6 +90,8 @@ def fetch(uri: str, dest: pathlib.Path, sha256: str, size: int | None = None,
 
 def _copy_local(source: pathlib.Path, part: pathlib.Path, name: str) -> None:
     # A local copy is cheap to redo, so it always starts from the first byte.
+    if not source.is_file():
+        raise NotAtSource(f"{name}: not found at {source}")
     try:
         total = source.stat().st_size
         print(f"{name}: copying {source}", file=sys.stderr)
@@ -123,6 +129,8 @@ def _copy_http(url: str, part: pathlib.Path, name: str, size: int | None) -> Non
                                     f"({response.headers.get('content-range')!r}, wanted {offset})")
         elif response.status_code == 200:
             offset = 0  # no Range support: the whole file comes again
+        elif response.status_code in (404, 410):
+            raise NotAtSource(f"{name}: not found at {url} (HTTP {response.status_code})")
         else:
             raise DownloadError(f"{url}: HTTP {response.status_code} {response.reason_phrase}")
         length = response.headers.get("content-length", "")

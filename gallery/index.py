@@ -9,10 +9,12 @@ internal server.
 import dataclasses
 import pathlib
 import re
+import urllib.parse
+import urllib.request
 
 import yaml
 
-from gallery.download import DownloadError, read_bytes
+from gallery.download import DownloadError, local_path, read_bytes
 
 BUILTIN_INDEX = pathlib.Path(__file__).with_name("index.yaml")
 
@@ -76,6 +78,28 @@ def read_gallery(source: str) -> list[GalleryEntry]:
     return [_parse_entry(item, source) for item in doc]
 
 
+def _folder_of(source: str) -> pathlib.Path | None:
+    """The folder of a gallery on disk (for its relative file: URIs); None for http(s)."""
+    if urllib.parse.urlparse(source).scheme in ("http", "https"):
+        return None
+    return (local_path(source) or pathlib.Path(source)).resolve().parent
+
+
+def resolve_uri(uri: str, folder: pathlib.Path | None) -> str:
+    """A relative file: URI (`file:weights/det.onnx`, `file://./det.onnx`) made absolute
+    against the gallery's folder; any other URI as it is."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme != "file" or folder is None:
+        return uri
+    if parsed.netloc in ("", "localhost"):
+        if parsed.path.startswith("/"):
+            return uri  # already absolute
+        relative = parsed.path
+    else:
+        relative = parsed.netloc + parsed.path
+    return (folder / urllib.request.url2pathname(relative)).resolve().as_uri()
+
+
 def load_galleries(custom: list[str]) -> list[GalleryEntry]:
     """Entries of the custom galleries, then the built-in index; the first of a name wins."""
     entries: dict[str, GalleryEntry] = {}
@@ -113,12 +137,12 @@ def _parse_entry(item, source: str) -> GalleryEntry:
         backend=str(overrides.get("backend") or "insightface"),
         options=tuple(options),
         model=str((overrides.get("parameters") or {}).get("model") or name),
-        files=tuple(_parse_file(f, where) for f in item.get("files") or []),
+        files=tuple(_parse_file(f, where, _folder_of(source)) for f in item.get("files") or []),
         source=source,
     )
 
 
-def _parse_file(item, where: str) -> GalleryFile:
+def _parse_file(item, where: str, folder: pathlib.Path | None) -> GalleryFile:
     if not isinstance(item, dict):
         raise GalleryError(f"{where}: every file must be a mapping with filename, sha256, uri")
     filename = check_name(item.get("filename"), f"{where}: file name")
@@ -132,4 +156,5 @@ def _parse_file(item, where: str) -> GalleryFile:
     size = item.get("size")
     if size is not None and (not isinstance(size, int) or size < 0):
         raise GalleryError(f"{where}: {filename}: size must be a byte count")
-    return GalleryFile(filename=filename, sha256=sha256.lower(), uri=uri, size=size)
+    return GalleryFile(filename=filename, sha256=sha256.lower(), uri=resolve_uri(uri, folder),
+                       size=size)

@@ -10,8 +10,9 @@ import pathlib
 import sys
 
 from gallery.configs import ModelConfig, load_model_configs, read_config, write_config
-from gallery.download import fetch, sha256_of
+from gallery.download import DownloadError, fetch, sha256_of
 from gallery.index import GalleryEntry, GalleryFile, find_entry
+from gallery.mirror import Mirror
 from gallery.unpack import unpack_pack
 
 
@@ -34,9 +35,10 @@ def install(entry: GalleryEntry, models_dir: pathlib.Path, *, mirror: pathlib.Pa
     models_dir.mkdir(parents=True, exist_ok=True)
     _refuse_conflicts(entry, load_model_configs(models_dir))
     records = []
+    searched = Mirror(mirror) if mirror else None
     for file in entry.files:
         dest = models_dir / file.filename
-        _fetch_unless_present(file, dest, mirror, attempts)
+        _fetch_unless_present(file, dest, searched, attempts)
         if file.pack is None:
             records.append({"filename": file.filename, "sha256": file.sha256, "uri": file.uri})
             continue
@@ -121,11 +123,17 @@ def _refuse_conflicts(entry: GalleryEntry, installed: dict[str, ModelConfig]) ->
                     f"but {entry.name} needs {file.sha256}; remove {other.name} first")
 
 
-def _fetch_unless_present(file: GalleryFile, dest: pathlib.Path, mirror: pathlib.Path | None,
+def _fetch_unless_present(file: GalleryFile, dest: pathlib.Path, mirror: Mirror | None,
                           attempts: int) -> None:
     if dest.is_file() and sha256_of(dest) == file.sha256:
         print(f"{file.filename}: already present", file=sys.stderr)
         return
-    mirrored = mirror / file.filename if mirror else None
-    source = mirrored.resolve().as_uri() if mirrored and mirrored.is_file() else file.uri
-    fetch(source, dest, file.sha256, file.size, attempts=attempts)
+    mirrored = mirror.find(file) if mirror else None
+    if mirrored:
+        return fetch(mirrored.resolve().as_uri(), dest, file.sha256, file.size, attempts=attempts)
+    try:
+        fetch(file.uri, dest, file.sha256, file.size, attempts=attempts)
+    except DownloadError as exc:
+        if mirror is None:
+            raise
+        raise type(exc)(f"{exc}; {mirror.searched(file)}") from None

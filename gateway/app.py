@@ -6,9 +6,11 @@ strings into base64 bytes (fetching URLs safely), then call the model's backend.
 import asyncio
 import contextlib
 import dataclasses
+import re
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from face_contract.errors import NotFound
@@ -17,12 +19,15 @@ from face_contract.similarity import confidence
 
 from . import openset
 from . import schemas as s
-from .backends import Backends
+from .backends import BackendError, Backends
 from .bodylimit import BodyLimitMiddleware
+from .docs import drop_validation_422
 from .errors import error_response, install_error_handlers
 from .fetch import UrlFetcher
 from .images import image_b64
 from .metrics import Metrics, MetricsMiddleware
+from .multipart import MultipartMiddleware, form_schema
+from .page import install_page
 from .settings import Settings
 from .store import Filters, Record, VectorStore, open_stores, require
 
@@ -34,9 +39,20 @@ class Gateway:
     fetcher: UrlFetcher
     metrics: Metrics
 
+    async def call(self, model: str, method: str, request, **renamed: str):
+        """A backend call whose error messages name the caller's fields, not the proto's:
+        `no face found in img`, not `... in Images[0]` (renamed: proto name -> caller's)."""
+        try:
+            return await self.backends.call(model, method, request)
+        except BackendError as exc:
+            message = str(exc)
+            for proto, caller in renamed.items():
+                message = re.sub(rf"(?<![\w.]){re.escape(proto)}(?![\w\[])", caller, message)
+            raise BackendError(exc.grpc_code, message) from None
+
     async def embedding(self, model: str, img: str, field: str = "img") -> list[float]:
         request = pb.PredictOptions(Images=[await image_b64(img, field, self.fetcher)])
-        result = await self.backends.call(model, "Embedding", request)
+        result = await self.call(model, "Embedding", request, **{"Images[0]": field})
         return list(result.embeddings)
 
 
@@ -63,7 +79,8 @@ def _area(area: pb.FacialArea) -> s.FacialArea:
     return s.FacialArea(x=_f(area.x), y=_f(area.y), w=_f(area.w), h=_f(area.h))
 
 
-@api.post("/v1/face/verify", response_model=s.VerifyResponse, **face)
+@api.post("/v1/face/verify", response_model=s.VerifyResponse,
+          openapi_extra=form_schema(s.VerifyRequest), **face)
 async def verify(body: s.VerifyRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     img1, img2 = await asyncio.gather(image_b64(body.img1, "img1", gw.fetcher),
@@ -83,7 +100,8 @@ async def verify(body: s.VerifyRequest, gw: Gateway = Depends(gateway)):
         processing_time_ms=_f(r.processing_time_ms), **liveness)
 
 
-@api.post("/v1/face/analyze", response_model=s.AnalyzeResponse, **face)
+@api.post("/v1/face/analyze", response_model=s.AnalyzeResponse,
+          openapi_extra=form_schema(s.AnalyzeRequest), **face)
 async def analyze(body: s.AnalyzeRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     img = await image_b64(body.img, "img", gw.fetcher)
@@ -102,14 +120,16 @@ async def analyze(body: s.AnalyzeRequest, gw: Gateway = Depends(gateway)):
     ) for f in r.faces])
 
 
-@api.post("/v1/face/embed", response_model=s.EmbedResponse, **face)
+@api.post("/v1/face/embed", response_model=s.EmbedResponse,
+          openapi_extra=form_schema(s.EmbedRequest), **face)
 async def embed(body: s.EmbedRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     vector = await gw.embedding(model, body.img)
     return s.EmbedResponse(embedding=vector, dim=len(vector), model=model)
 
 
-@api.post("/v1/face/register", response_model=s.RegisterResponse, **face)
+@api.post("/v1/face/register", response_model=s.RegisterResponse,
+          openapi_extra=form_schema(s.RegisterRequest), **face)
 async def register(body: s.RegisterRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     store = require(gw.stores, body.store)
@@ -118,7 +138,8 @@ async def register(body: s.RegisterRequest, gw: Gateway = Depends(gateway)):
     return s.RegisterResponse(id=record.id, name=record.name, registered_at=record.registered_at)
 
 
-@api.post("/v1/face/identify", response_model=s.IdentifyResponse, **face)
+@api.post("/v1/face/identify", response_model=s.IdentifyResponse,
+          openapi_extra=form_schema(s.IdentifyRequest), **face)
 async def identify(body: s.IdentifyRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     store = require(gw.stores, body.store)
@@ -151,9 +172,11 @@ async def forget(body: s.ForgetRequest, gw: Gateway = Depends(gateway)):
 
 
 @api.get("/v1/face/registry", response_model=s.RegistryResponse, **face)
-async def registry(model: str | None = None, store: str | None = None, name: str | None = None,
-                   limit: int = Query(100, ge=1, le=s.MAX_LIST_LIMIT),
-                   offset: int = Query(0, ge=0), gw: Gateway = Depends(gateway)):
+async def registry(model: str | None = Query(None, examples=["insightface-opencv"]),
+                   store: str | None = Query(None, examples=["local-store"]),
+                   name: str | None = Query(None, examples=["Ann Lee"]),
+                   limit: int = Query(100, ge=1, le=s.MAX_LIST_LIMIT, examples=[10]),
+                   offset: int = Query(0, ge=0, examples=[0]), gw: Gateway = Depends(gateway)):
     chosen = require(gw.stores, store)
     filters = Filters(model=model, name=name)
     records = await asyncio.to_thread(chosen.list, filters, limit, offset)
@@ -162,12 +185,13 @@ async def registry(model: str | None = None, store: str | None = None, name: str
                        registered_at=r.registered_at) for r in records])
 
 
-@api.post("/v1/detection", response_model=s.DetectionResponse, **face)
+@api.post("/v1/detection", response_model=s.DetectionResponse,
+          openapi_extra=form_schema(s.DetectionRequest), **face)
 async def detection(body: s.DetectionRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     image = await image_b64(body.image, "image", gw.fetcher)
-    r = await gw.backends.call(model, "Detect", pb.DetectOptions(
-        src=image, threshold=body.threshold or 0.0))
+    r = await gw.call(model, "Detect", pb.DetectOptions(
+        src=image, threshold=body.threshold or 0.0), src="image")
     return s.DetectionResponse(detections=[s.Detection(
         x=_f(d.x), y=_f(d.y), width=_f(d.width), height=_f(d.height),
         class_name=d.class_name or "face", confidence=_f(d.confidence)) for d in r.Detections])
@@ -198,6 +222,11 @@ async def metrics(gw: Gateway = Depends(gateway)):
     return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+# The image routes (those documenting a form upload) and their JSON bodies.
+FORM_ROUTES = {route.path: route.endpoint.__annotations__["body"]
+               for route in api.routes if route.openapi_extra}
+
+
 def create_app(settings: Settings) -> FastAPI:
     stores = open_stores(settings.data_dir, settings.stores)
     backends = Backends(settings)
@@ -219,12 +248,17 @@ def create_app(settings: Settings) -> FastAPI:
             for store in stores.values():
                 store.close()
 
-    app = FastAPI(title="Face gateway", version="0.1.0", lifespan=lifespan,
-                  description="Face verification, analysis, detection and a durable face "
-                              "registry over LocalAI-compatible gRPC face backends.")
+    # Swagger UI and ReDoc come from the fastapi-offline package: /docs works offline.
+    app = FastAPIOffline(title="Face gateway", version="0.1.0", lifespan=lifespan,
+                         description="Face verification, analysis, detection and a durable "
+                                     "face registry over LocalAI-compatible gRPC face backends. "
+                                     "Image routes take JSON or multipart/form-data uploads.")
     app.state.gateway = gw
     app.include_router(api)
+    install_page(app)
+    drop_validation_422(app)
     install_error_handlers(app)
+    app.add_middleware(MultipartMiddleware, routes=FORM_ROUTES)  # inside the body limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=gw.metrics)  # added last: outermost
     return app

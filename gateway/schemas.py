@@ -5,7 +5,7 @@ when not computed and dropped from the JSON (routes use response_model_exclude_n
 """
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_LABELS = 32
 MAX_LABEL_KEY = 64
@@ -16,12 +16,23 @@ MAX_LIST_LIMIT = 1000
 
 ModelField = Field(None, description="installed model name; omitted: the gateway's default model")
 StoreField = Field(None, description="configured store name; omitted: local-store")
-ImageDoc = "http(s) URL, data: URI or bare base64 image bytes"
+ImageDoc = ("http(s) URL, data: URI or bare base64 image bytes (or, in a multipart/form-data "
+            "request, the image file)")
+# The image fields, by the names callers send (a multipart upload's file parts).
+IMAGE_FIELDS = ("img", "img1", "img2", "image")
+JPEG = "/9j/4AAQSkZJRgABAQAAAQABAAD..."  # base64 of a JPEG, shortened in the examples
+
+
+def example(**body) -> ConfigDict:
+    """A request example for the OpenAPI docs."""
+    return ConfigDict(json_schema_extra={"examples": [body]})
 
 
 # -- requests -------------------------------------------------------------------
 
 class VerifyRequest(BaseModel):
+    model_config = example(img1=JPEG, img2="https://example.org/people/ann-2.jpg")
+
     model: str | None = ModelField
     img1: str = Field(description=ImageDoc)
     img2: str = Field(description=ImageDoc)
@@ -31,6 +42,8 @@ class VerifyRequest(BaseModel):
 
 
 class AnalyzeRequest(BaseModel):
+    model_config = example(img=JPEG, actions=["age", "gender"], anti_spoofing=True)
+
     model: str | None = ModelField
     img: str = Field(description=ImageDoc)
     actions: list[str] | None = Field(None, description="attributes to compute (age, gender); "
@@ -39,11 +52,15 @@ class AnalyzeRequest(BaseModel):
 
 
 class EmbedRequest(BaseModel):
+    model_config = example(img="data:image/jpeg;base64," + JPEG, model="insightface-opencv")
+
     model: str | None = ModelField
     img: str = Field(description=ImageDoc)
 
 
 class RegisterRequest(BaseModel):
+    model_config = example(img=JPEG, name="Ann Lee", labels={"team": "blue"})
+
     model: str | None = ModelField
     img: str = Field(description=ImageDoc)
     name: str = Field(min_length=1, max_length=MAX_NAME)
@@ -75,6 +92,8 @@ class RegisterRequest(BaseModel):
 
 
 class IdentifyRequest(BaseModel):
+    model_config = example(img=JPEG, top_k=3)
+
     model: str | None = ModelField
     img: str = Field(description=ImageDoc)
     top_k: int = Field(5, ge=1, le=MAX_TOP_K)
@@ -95,11 +114,15 @@ class IdentifyRequest(BaseModel):
 
 
 class ForgetRequest(BaseModel):
+    model_config = example(id="5f0c6f1e-9b8d-4c43-a1e2-b7d9c0a4f6e1")
+
     id: str = Field(min_length=1)
     store: str | None = StoreField
 
 
 class DetectionRequest(BaseModel):
+    model_config = example(image=JPEG, threshold=0.5)
+
     model: str | None = ModelField
     image: str = Field(description=ImageDoc)
     threshold: float | None = Field(None, ge=0, le=1, description="lowest confidence returned")

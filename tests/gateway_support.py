@@ -3,6 +3,7 @@ import contextlib
 import http.server
 import os
 import pathlib
+import re
 import struct
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import uvicorn
 import yaml
 
 from bench.service import stop_process, wait_until_ok
-from support import REAL_PACK_OPTIONS, ROOT, free_port
+from support import MODELS, REAL_PACK_OPTIONS, ROOT, free_port
 
 
 def write_config(models_dir: pathlib.Path, name: str = "test-pack", options=None) -> pathlib.Path:
@@ -138,3 +139,25 @@ def png_header_only(width: int, height: int) -> bytes:
             ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def readme_block(lang: str, containing: str) -> str:
+    """The first ```lang block of README.md that contains `containing`."""
+    blocks = re.findall(rf"```{lang}\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    return next(block for block in blocks if containing in block)
+
+
+def link_real_files(folder: pathlib.Path, names) -> None:
+    """Links the ../shared/models files of these names into `folder` (flat, by name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).symlink_to(next(MODELS.rglob(name)))
+
+
+def readme_gallery(folder: pathlib.Path) -> pathlib.Path:
+    """The README's custom gallery (Offline set-up) as `folder`/gallery.yaml beside the real
+    files it names; returns its path."""
+    gallery = readme_block("yaml", "name: local-pack")
+    link_real_files(folder, [f["filename"] for f in yaml.safe_load(gallery)[0]["files"]])
+    (folder / "gallery.yaml").write_text(gallery)
+    return folder / "gallery.yaml"

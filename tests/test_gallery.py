@@ -19,7 +19,7 @@ import yaml
 from gallery import DEFAULT_MODEL
 from gallery.__main__ import main
 from gallery.configs import load_model_configs, read_config
-from gallery.download import DownloadError, Progress, fetch
+from gallery.download import DownloadError, Progress, fetch, sha256_of
 from gallery.index import BUILTIN_INDEX, load_galleries, read_gallery
 from support import FACES, MODELS, SHARED, backend_process, image_b64, needs_shared, stub_for
 
@@ -238,7 +238,8 @@ def test_sha_mismatch_fails_naming_file_and_both_hashes_and_installs_nothing(tmp
     assert installed_names(models) == set()
     assert not (models / "bad.onnx").exists() and not (models / "bad.onnx.part").exists()
     rc, out, _ = cli(capsys, "list", "--gallery", gallery, "--models-dir", models)
-    assert re.search(r"^  broken +MIT$", out, re.M) and "none" in out
+    assert re.search(r"^  broken +MIT +partly installed: 1 of 2 files; install again to finish$",
+                     out, re.M) and "none" in out
 
 
 def test_size_mismatch_fails_before_the_file_is_used(tmp_path, capsys):
@@ -545,3 +546,68 @@ def test_installed_zip_pack_loads_into_the_backend(tmp_path, capsys, backend_stu
         "MobileFaceNet.onnx", "det_500m.onnx", "genderage.onnx"]
     reply = verify_pair_with(backend_stub, load_model_configs(models)["test-pack"], models)
     assert reply.verified and reply.model == "test-pack"
+
+
+# ---------------------------------------------------------------- offline set-up
+
+def test_mirror_is_searched_recursively_by_name_then_by_sha256(tmp_path, capsys):
+    mirror = tmp_path / "mirror"
+    deep = random_file(mirror / "a" / "b", "deep.onnx")
+    renamed = random_file(tmp_path / "src", "wanted.onnx")
+    (mirror / "c").mkdir()
+    (tmp_path / "src" / "wanted.onnx").rename(mirror / "c" / "download-1234.bin")
+    unreachable = "http://127.0.0.1:9/"
+    gallery = write_gallery(tmp_path / "g.yaml", [entry("mirrored", [
+        {**deep, "uri": unreachable + "deep.onnx"}, {**renamed, "uri": unreachable + "wanted.onnx"}])])
+    rc, _, err = cli(capsys, "install", "mirrored", "--mirror", mirror, "--gallery", gallery,
+                     "--models-dir", tmp_path / "m")
+    assert rc == 0, err
+    assert sha256_of(tmp_path / "m" / "wanted.onnx") == renamed["sha256"]
+
+
+def test_a_file_missing_from_the_mirror_says_where_it_looked(tmp_path, capsys):
+    mirror = tmp_path / "mirror"
+    random_file(mirror / "sub", "w.onnx")  # the right name, other bytes
+    wanted = random_file(tmp_path / "src", "w.onnx")
+    gallery = write_gallery(tmp_path / "g.yaml", [
+        entry("offline", [{**wanted, "uri": "http://127.0.0.1:9/w.onnx"}])])
+    rc, _, err = cli(capsys, "install", "offline", "--mirror", mirror, "--gallery", gallery,
+                     "--models-dir", tmp_path / "m")
+    assert rc == 1
+    assert f"not in the mirror {mirror} either (1 files searched recursively" in err
+    assert wanted["sha256"] in err and f"found {mirror / 'sub' / 'w.onnx'} with SHA-256" in err
+
+
+def test_relative_file_urls_are_relative_to_the_gallery_file(tmp_path, capsys):
+    folder = tmp_path / "weights"
+    one = random_file(folder / "det", "one.onnx")
+    two = random_file(folder, "two.onnx")
+    gallery = write_gallery(folder / "gallery.yaml", [entry("relative", [
+        {**one, "uri": "file:det/one.onnx"}, {**two, "uri": "file://./two.onnx"}])])
+    rc, _, err = cli(capsys, "install", "relative", "--gallery", gallery.as_uri(),
+                     "--models-dir", tmp_path / "m")
+    assert rc == 0, err
+    assert installed_names(tmp_path / "m") == {"relative"}
+
+
+def test_a_404_says_not_found_at_the_url_without_the_offline_hint(tmp_path, capsys):
+    served = tmp_path / "www"
+    file = random_file(tmp_path / "src", "w.onnx")
+    served.mkdir()
+    with range_server(served) as (base, _):
+        gallery = write_gallery(tmp_path / "g.yaml", [entry("gone", [{**file, "uri": f"{base}/w.onnx"}])])
+        rc, _, err = cli(capsys, "install", "gone", "--gallery", gallery, "--models-dir", tmp_path / "m")
+    assert rc == 1
+    assert f"w.onnx: not found at {base}/w.onnx (HTTP 404)" in err and "--mirror" not in err
+
+
+def test_list_shows_partly_downloaded_files(tmp_path, capsys):
+    file = random_file(tmp_path / "src", "w.onnx")
+    gallery = write_gallery(tmp_path / "g.yaml", [entry("half", [file])])
+    models = tmp_path / "m"
+    models.mkdir()
+    (models / "w.onnx.part").write_bytes(b"x" * 1234)
+    rc, out, _ = cli(capsys, "list", "--gallery", gallery, "--models-dir", models)
+    assert rc == 0
+    assert re.search(r"^  half +MIT +partly installed: 0 of 1 files, 1 partly downloaded", out, re.M)
+    assert re.search(r"^  w\.onnx\.part +1234 bytes$", out, re.M)

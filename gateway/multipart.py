@@ -1,0 +1,161 @@
+"""multipart/form-data uploads on the image routes, turned into their JSON bodies.
+
+`curl -F img=@photo.jpg -F model=NAME .../v1/face/embed` sends the photo as a file
+part; this pure-ASGI middleware rewrites such a request into the JSON body the
+route already takes (file parts base64-encoded, form fields as values), so routes
+and schemas stay JSON-first. It sits inside BodyLimitMiddleware, so the body it
+reads is already bounded, and it parses on a worker thread, not the event loop.
+
+Form fields: numbers and booleans go through as text and pydantic converts them
+("0.5", "true"); a list field (`actions`) is repeated (`-F actions=age -F
+actions=gender`) or one JSON array; `labels` is one JSON object
+(`-F 'labels={"team": "blue"}'`); an empty field counts as not sent.
+"""
+import asyncio
+import base64
+import json
+import typing
+
+from pydantic import BaseModel
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import create_form_parser
+
+from face_contract.errors import InvalidInput
+
+from .errors import error_response
+from .schemas import IMAGE_FIELDS
+
+
+def _kind(model: type[BaseModel], name: str) -> type | None:
+    """list, dict or None (a scalar) for the field's type, `X | None` unwrapped."""
+    annotation = model.model_fields[name].annotation
+    for arg in (annotation, *typing.get_args(annotation)):
+        origin = typing.get_origin(arg) or arg
+        if origin in (list, dict):
+            return origin
+    return None
+
+
+def form_to_json(model: type[BaseModel], fields: list[tuple[str, str]],
+                 files: list[tuple[str, bytes]]) -> dict:
+    """The JSON body for `model` from a form's text fields and file parts."""
+    images = [name for name in model.model_fields if name in IMAGE_FIELDS]
+    body: dict = {}
+    for name, data in files:
+        if name not in images:
+            raise InvalidInput(f"file part '{name}' is not an image field here; send the image "
+                               f"as {' or '.join(images)}")
+        if name in body:
+            raise InvalidInput(f"{name} is sent more than once")
+        body[name] = base64.b64encode(data).decode("ascii")
+    values: dict[str, list[str]] = {}
+    for name, value in fields:
+        if value != "":
+            values.setdefault(name, []).append(value)
+    for name, texts in values.items():
+        if name in body:
+            raise InvalidInput(f"{name} is sent more than once")
+        kind = _kind(model, name) if name in model.model_fields else None
+        if kind is list:
+            body[name] = _json(name, texts[0], list) if texts[0].startswith("[") else texts
+        elif kind is dict:
+            body[name] = _json(name, texts[0], dict)
+        elif len(texts) > 1:
+            raise InvalidInput(f"{name} is sent more than once")
+        else:
+            body[name] = texts[0]
+    return body
+
+
+def _json(name: str, text: str, kind: type):
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, kind):
+        shape = '{"key": "value"}' if kind is dict else '["a", "b"]'
+        raise InvalidInput(f"{name} must be JSON text such as {shape}, got {text[:60]!r}")
+    return value
+
+
+def parse_form(content_type: bytes, body: bytes) -> tuple[list, list]:
+    """(text fields, file parts) of a multipart body, each as (name, value) in order."""
+    fields, files = [], []
+
+    def text(data: bytes | None) -> str:
+        return (data or b"").decode("utf-8", "replace")
+
+    def on_field(field):
+        fields.append((text(field.field_name), text(field.value)))
+
+    def on_file(file):
+        file.file_object.seek(0)
+        files.append((text(file.field_name), file.file_object.read()))
+
+    try:
+        # Files stay in memory: the body is already bounded by the body limit.
+        parser = create_form_parser({"Content-Type": content_type}, on_field, on_file,
+                                    config={"MAX_MEMORY_FILE_SIZE": len(body) + 1})
+        parser.write(body)
+        parser.finalize()
+    except (FormParserError, ValueError) as exc:
+        raise InvalidInput(f"malformed multipart/form-data body: {exc}") from None
+    return fields, files
+
+
+class MultipartMiddleware:
+    def __init__(self, app, routes: dict[str, type[BaseModel]]):
+        self.app, self.routes = app, routes
+
+    async def __call__(self, scope, receive, send):
+        model = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
+        headers = dict(scope["headers"]) if model else {}
+        content_type = headers.get(b"content-type", b"")
+        if not content_type.lower().startswith(b"multipart/form-data"):
+            return await self.app(scope, receive, send)
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # client went away
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        try:
+            body = await asyncio.to_thread(_convert, model, content_type, b"".join(chunks))
+        except InvalidInput as exc:
+            return await error_response(400, str(exc))(scope, receive, send)
+        rewritten = [(k, v) for k, v in scope["headers"]
+                     if k not in (b"content-type", b"content-length")]
+        rewritten += [(b"content-type", b"application/json"),
+                      (b"content-length", str(len(body)).encode())]
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app({**scope, "headers": rewritten}, replay, send)
+
+
+def _convert(model: type[BaseModel], content_type: bytes, body: bytes) -> bytes:
+    fields, files = parse_form(content_type, body)
+    return json.dumps(form_to_json(model, fields, files)).encode()
+
+
+def form_schema(model: type[BaseModel]) -> dict:
+    """The OpenAPI multipart/form-data request body of a JSON request model."""
+    schema = model.model_json_schema()
+    properties = {}
+    for name, prop in schema["properties"].items():
+        if name in IMAGE_FIELDS:
+            prop = {"type": "string", "format": "binary", "description": "the image file"}
+        elif _kind(model, name) is dict:
+            prop = {"type": "string", "description": f"{prop.get('description', name)}; "
+                                                     "JSON object text"}
+        properties[name] = prop
+    return {"requestBody": {"content": {"multipart/form-data": {"schema": {
+        "type": "object", "properties": properties, "required": schema.get("required", [])}}}}}

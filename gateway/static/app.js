@@ -1,0 +1,322 @@
+// The try-it page: every action is one call to the /v1/face API, images sent as
+// multipart/form-data file parts (the same fields as the JSON API).
+"use strict";
+
+const KEY_STORE = "face-api-key";
+const PAGE_SIZE = 10;
+const $ = (root, selector) => root.querySelector(selector);
+
+// -- API calls --------------------------------------------------------------------------
+
+class ApiError extends Error {}
+
+async function api(method, path, body) {
+  const headers = {};
+  const key = localStorage.getItem(KEY_STORE);
+  if (key) headers["x-api-key"] = key;
+  if (body && !(body instanceof FormData)) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(body);
+  }
+  const response = await fetch(path, { method, headers, body });
+  if (response.status === 204) return null;
+  const data = await response.json().catch(() => null);
+  if (response.status === 401 && await askKey(data?.error?.message)) {
+    return api(method, path, body instanceof FormData || body === undefined ? body : JSON.parse(body));
+  }
+  if (!response.ok) throw new ApiError(data?.error?.message || `HTTP ${response.status}`);
+  return data;
+}
+
+function askKey(reason) {
+  const dialog = document.getElementById("key-dialog");
+  $(dialog, ".why").textContent = reason || "This gateway asks for an API key.";
+  $(dialog, "input").value = localStorage.getItem(KEY_STORE) || "";
+  dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => {
+      const key = $(dialog, "input").value.trim();
+      const saved = dialog.returnValue === "save" && key !== "";
+      if (saved) localStorage.setItem(KEY_STORE, key);
+      resolve(saved);
+    }, { once: true });
+  });
+}
+
+function form(fields) {
+  const data = new FormData();
+  const model = document.getElementById("model").value;
+  if (model) data.append("model", model);
+  for (const [name, value] of Object.entries(fields)) {
+    if (value !== undefined && value !== null && value !== "") data.append(name, value);
+  }
+  return data;
+}
+
+// -- photos: file picker, drag-and-drop, webcam; face boxes drawn over them --------------
+
+class Photo {
+  constructor(element) {
+    element.append(document.getElementById("photo-template").content.cloneNode(true));
+    this.element = element;
+    this.canvas = $(element, "canvas");
+    this.input = $(element, "input[type=file]");
+    this.file = null;
+    const drop = $(element, ".drop");
+    drop.addEventListener("click", () => this.input.click());
+    drop.addEventListener("keydown", (e) => { if (e.key === "Enter") this.input.click(); });
+    this.input.addEventListener("change", () => this.input.files[0] && this.load(this.input.files[0]));
+    drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+    drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+    drop.addEventListener("drop", (e) => {
+      e.preventDefault();
+      drop.classList.remove("over");
+      if (e.dataTransfer.files[0]) this.load(e.dataTransfer.files[0]);
+    });
+    $(element, ".camera").addEventListener("click", () => capture().then((blob) => {
+      if (blob) this.load(new File([blob], "webcam.jpg", { type: "image/jpeg" }));
+    }));
+  }
+
+  async load(file) {
+    this.file = file;
+    try {
+      this.image = await createImageBitmap(file);
+    } catch {  // the gateway will say what is wrong with it; keep the file to send
+      this.image = null;
+      this.canvas.hidden = true;
+      $(this.element, ".hint").hidden = false;
+      $(this.element, ".hint").textContent = `${file.name} (no preview)`;
+      return;
+    }
+    const scale = Math.min(1, 480 / this.image.width, 360 / this.image.height);
+    this.canvas.width = Math.round(this.image.width * scale);
+    this.canvas.height = Math.round(this.image.height * scale);
+    this.scale = scale;
+    this.draw([]);
+    this.canvas.hidden = false;
+    $(this.element, ".hint").hidden = true;
+  }
+
+  // boxes: [{x, y, w, h, label, good}] in the image's own pixels
+  draw(boxes) {
+    if (!this.image) return;
+    const ctx = this.canvas.getContext("2d");
+    ctx.drawImage(this.image, 0, 0, this.canvas.width, this.canvas.height);
+    ctx.lineWidth = 3;
+    ctx.font = "600 14px system-ui, sans-serif";
+    for (const box of boxes) {
+      const [x, y, w, h] = [box.x, box.y, box.w, box.h].map((v) => v * this.scale);
+      ctx.strokeStyle = ctx.fillStyle = box.good === false ? "#e5484d" : "#30a46c";
+      ctx.strokeRect(x, y, w, h);
+      if (box.label) {
+        const width = ctx.measureText(box.label).width + 10;
+        const top = y > 22 ? y - 22 : y + h;
+        ctx.fillRect(x - 1.5, top, width, 22);
+        ctx.fillStyle = "#fff";
+        ctx.fillText(box.label, x + 4, top + 16);
+      }
+    }
+  }
+
+  required(name) {
+    if (!this.file) throw new ApiError(`choose a photo for ${name} first`);
+    return this.file;
+  }
+}
+
+function capture() {
+  const dialog = document.getElementById("camera-dialog");
+  const video = $(dialog, "video");
+  const problem = $(dialog, ".error");
+  problem.hidden = true;
+  dialog.showModal();
+  const stream = navigator.mediaDevices?.getUserMedia({ video: true, audio: false });
+  (stream || Promise.reject(new Error("this browser offers no camera here (it needs https or localhost)")))
+    .then((s) => { video.srcObject = s; })
+    .catch((err) => { problem.textContent = `camera unavailable: ${err.message}`; problem.hidden = false; });
+  return new Promise((resolve) => {
+    const done = (blob) => {
+      video.srcObject?.getTracks().forEach((track) => track.stop());
+      video.srcObject = null;
+      dialog.close();
+      resolve(blob);
+    };
+    dialog.querySelectorAll("button").forEach((button) => {
+      button.onclick = () => {
+        if (button.value !== "capture" || !video.videoWidth) return done(null);
+        const canvas = document.createElement("canvas");
+        canvas.width = video.videoWidth;
+        canvas.height = video.videoHeight;
+        canvas.getContext("2d").drawImage(video, 0, 0);
+        canvas.toBlob(done, "image/jpeg", 0.92);
+      };
+    });
+  });
+}
+
+// -- sections ---------------------------------------------------------------------------
+
+function section(id, run) {
+  const root = document.getElementById(id);
+  const photos = {};
+  root.querySelectorAll(".photo").forEach((el) => { photos[el.dataset.field] = new Photo(el); });
+  const result = $(root, ".result");
+  $(root, "form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const button = $(root, "button[type=submit]");
+    button.disabled = true;
+    result.className = "result busy";
+    result.textContent = "Working…";
+    try {
+      result.replaceChildren(...await run(photos, new FormData(event.target)));
+      result.className = "result";
+    } catch (err) {
+      result.className = "result error";
+      result.textContent = err instanceof ApiError ? err.message : `request failed: ${err.message}`;
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+function el(tag, props = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);
+  return node;
+}
+
+function facts(pairs) {
+  return el("dl", {}, ...pairs.flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, String(value))]));
+}
+
+const pct = (v) => `${(v * 100).toFixed(1)}%`;  // a 0-1 score
+const of100 = (v) => `${v.toFixed(1)}%`;  // confidence and gender scores are 0-100
+const box = (area, label, good) => ({ x: area.x, y: area.y, w: area.w, h: area.h, label, good });
+
+section("verify", async (photos, data) => {
+  const live = data.get("anti_spoofing") === "true";
+  const r = await api("POST", "/v1/face/verify", form({
+    img1: photos.img1.required("the first photo"), img2: photos.img2.required("the second photo"),
+    anti_spoofing: live ? "true" : "",
+  }));
+  for (const n of [1, 2]) {
+    const real = r[`img${n}_is_real`];
+    const label = real === undefined ? "" : real ? "real" : "spoof";
+    photos[`img${n}`].draw([box(r[`img${n}_area`], label, r.verified && real !== false)]);
+  }
+  const rows = [["distance", r.distance.toFixed(3)], ["threshold", r.threshold],
+                ["confidence", of100(r.confidence)], ["model", r.model]];
+  if (live) rows.push(["liveness", `${r.img1_is_real ? "real" : "spoof"} / ${r.img2_is_real ? "real" : "spoof"}`]);
+  return [el("p", { className: `verdict ${r.verified ? "same" : "different"}` },
+             r.verified ? "Same person" : "Different people"), facts(rows)];
+});
+
+section("analyze", async (photos, data) => {
+  const live = data.get("anti_spoofing") === "true";
+  const r = await api("POST", "/v1/face/analyze", form({
+    img: photos.img.required("the photo"), anti_spoofing: live ? "true" : "" }));
+  photos.img.draw(r.faces.map((f, i) => box(f.region, `${i + 1}`, f.is_real !== false)));
+  if (!r.faces.length) return [el("p", {}, "No face found.")];
+  return r.faces.map((f, i) => {
+    const rows = [["age", f.age === undefined ? "–" : Math.round(f.age)],
+                  ["gender", f.dominant_gender ? `${f.dominant_gender} (${pct(f.gender[f.dominant_gender])})` : "–"],
+                  ["face score", pct(f.face_confidence)]];
+    if (live) rows.push(["liveness", `${f.is_real ? "real" : "spoof"} (${pct(f.antispoof_score)})`]);
+    return el("div", { className: "face" }, el("h3", {}, `Face ${i + 1}`), facts(rows));
+  });
+});
+
+function parseLabels(text) {
+  const labels = {};
+  for (const line of text.split(/\n|,/).map((l) => l.trim()).filter(Boolean)) {
+    const at = line.indexOf("=");
+    if (at < 1) throw new ApiError(`labels: write one key=value per line, not "${line}"`);
+    labels[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+  }
+  return labels;
+}
+
+section("register", async (photos, data) => {
+  const labels = parseLabels(data.get("labels") || "");
+  const r = await api("POST", "/v1/face/register", form({
+    img: photos.img.required("the photo"), name: data.get("name"),
+    labels: Object.keys(labels).length ? JSON.stringify(labels) : "" }));
+  registry.refresh();
+  return [el("p", { className: "ok" }, `Registered ${r.name}`), facts([["id", r.id]])];
+});
+
+section("identify", async (photos, data) => {
+  const r = await api("POST", "/v1/face/identify", form({
+    img: photos.img.required("the photo"), top_k: data.get("top_k") }));
+  if (!r.matches.length) return [el("p", {}, "Nobody is registered for this model yet.")];
+  const rows = r.matches.map((m, i) => el("tr", { className: m.match ? "match" : "" },
+    el("td", {}, `${i + 1}`), el("td", { className: "name" }, m.name), el("td", {}, m.distance.toFixed(3)),
+    el("td", {}, of100(m.confidence)), el("td", {}, m.match ? "match" : "no match")));
+  return [el("table", { className: "matches" },
+    el("thead", {}, el("tr", {}, ...["#", "Name", "Distance", "Confidence", ""].map((h) => el("th", {}, h)))),
+    el("tbody", {}, ...rows))];
+});
+
+const registry = {
+  root: document.getElementById("registry"),
+  offset: 0,
+  async refresh() {
+    const result = $(this.root, ".result");
+    const model = document.getElementById("model").value;
+    const query = new URLSearchParams({ limit: PAGE_SIZE, offset: this.offset });
+    if (model) query.set("model", model);
+    try {
+      const r = await api("GET", `/v1/face/registry?${query}`);
+      if (!r.items.length && this.offset > 0) {
+        this.offset = Math.max(0, this.offset - PAGE_SIZE);
+        return this.refresh();
+      }
+      result.className = "result";
+      result.textContent = "";
+      $(this.root, ".count").textContent = `(${r.total})`;
+      $(this.root, ".range").textContent = r.total
+        ? `${this.offset + 1}–${this.offset + r.items.length} of ${r.total}` : "nobody yet";
+      $(this.root, ".prev").disabled = this.offset === 0;
+      $(this.root, ".next").disabled = this.offset + r.items.length >= r.total;
+      $(this.root, "tbody").replaceChildren(...r.items.map((item) => el("tr", {},
+        el("td", { className: "name" }, item.name),
+        el("td", {}, Object.entries(item.labels).map(([k, v]) => `${k}=${v}`).join(", ")),
+        el("td", { title: item.registered_at }, item.registered_at.slice(0, 16).replace("T", " ")),
+        el("td", {}, el("button", { type: "button", className: "forget", textContent: "Forget",
+                                    onclick: () => this.forget(item) })))));
+    } catch (err) {
+      result.className = "result error";
+      result.textContent = err.message;
+    }
+  },
+  async forget(item) {
+    try {
+      await api("POST", "/v1/face/forget", { id: item.id });
+      await this.refresh();
+    } catch (err) {
+      $(this.root, ".result").className = "result error";
+      $(this.root, ".result").textContent = err.message;
+    }
+  },
+};
+$(registry.root, ".prev").addEventListener("click", () => { registry.offset -= PAGE_SIZE; registry.refresh(); });
+$(registry.root, ".next").addEventListener("click", () => { registry.offset += PAGE_SIZE; registry.refresh(); });
+
+async function loadModels() {
+  const select = document.getElementById("model");
+  try {
+    const r = await api("GET", "/v1/models");
+    select.replaceChildren(el("option", { value: "" }, "(default)"),
+      ...r.data.map((m) => el("option", { value: m.id }, m.id)));
+    if (r.data.length === 1) select.value = r.data[0].id;
+  } catch (err) {
+    const banner = document.getElementById("banner");
+    banner.textContent = `could not list the models: ${err.message}`;
+    banner.hidden = false;
+  }
+}
+
+document.getElementById("model").addEventListener("change", () => { registry.offset = 0; registry.refresh(); });
+document.getElementById("key-button").addEventListener("click", () => askKey("The key is kept in this browser and sent as x-api-key."));
+loadModels().then(() => registry.refresh());

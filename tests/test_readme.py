@@ -1,0 +1,139 @@
+"""Every curl example in README.md, read from the README and run as written against a real
+gateway on the real pack, in a folder where the README's photo names are real photos.
+
+An example is a ```sh block holding a curl command followed by its response: a ```json
+block (200, or the status in an error body's `code`) or a ```text block starting with the
+status line. The actual response must have the documented fields, with the documented
+types, the same booleans and the same names, genders and error messages.
+"""
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+
+import httpx
+import pytest
+from PIL import Image
+
+from bench.service import wait_until_ok
+from gateway_support import gateway_process, readme_block, readme_gallery, write_config
+from support import FACES, ROOT, free_port, needs_shared
+
+pytestmark = needs_shared
+
+MODEL = "test-pack"
+TRAIN = FACES / "face_recognition" / "examples" / "knn_examples" / "train"
+# The README's file names and the real photos they stand for.
+PHOTOS = {"sam-1.jpg": TRAIN / "obama" / "obama.jpg",
+          "sam-2.jpg": TRAIN / "obama" / "obama2.jpg",
+          "alex.jpg": TRAIN / "rose_leslie" / "img1.jpg"}
+README_MODEL = "insightface-opencv"  # the README's model name stands for the test's
+SH_BLOCK = re.compile(r"```sh\n(.*?)```", re.DOTALL)
+RESPONSE = re.compile(r"\s*```(json|text)\n(.*?)```", re.DOTALL)
+CURL = re.compile(r"(^|\|)\s*curl ", re.MULTILINE)
+COMPARED_STRINGS = {"name", "dominant_gender", "class_name", "type", "message", "status",
+                    "model"}
+
+
+def readme_examples() -> list[tuple[str, int, str, str]]:
+    """(command, expected status, kind, documented response) in README order."""
+    readme, examples = (ROOT / "README.md").read_text(), []
+    for block in SH_BLOCK.finditer(readme):
+        if not CURL.search(block[1]):
+            continue
+        answer = RESPONSE.match(readme, block.end())
+        assert answer, f"README: no response block after\n{block[1]}"
+        kind, response = answer[1], answer[2].replace(README_MODEL, MODEL).strip()
+        if kind == "text":
+            status = int(response.split()[1])
+        else:
+            status = json.loads(response).get("error", {}).get("code", 200)
+        examples.append((block[1].strip(), status, kind, response))
+    return examples
+
+
+def same_shape(documented, actual, where="response"):
+    """Fields, types, booleans and the COMPARED_STRINGS values agree."""
+    if isinstance(documented, dict):
+        assert isinstance(actual, dict), where
+        assert set(actual) == set(documented), f"{where}: {sorted(actual)} vs {sorted(documented)}"
+        for key in documented:
+            if key in COMPARED_STRINGS or isinstance(documented[key], bool):
+                assert actual[key] == documented[key], f"{where}.{key}"
+            same_shape(documented[key], actual[key], f"{where}.{key}")
+    elif isinstance(documented, list):
+        assert isinstance(actual, list) and bool(actual) == bool(documented), where
+        if documented:
+            same_shape(documented[0], actual[0], f"{where}[0]")
+    elif isinstance(documented, (int, float)) and not isinstance(documented, bool):
+        assert isinstance(actual, (int, float)) and not isinstance(actual, bool), where
+    else:
+        assert type(actual) is type(documented), where
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """The folder the examples run in: the photos, and a curlrc that adds the status line."""
+    folder = tmp_path_factory.mktemp("readme")
+    for name, photo in PHOTOS.items():
+        shutil.copy(photo, folder / name)
+    out = io.BytesIO()
+    Image.linear_gradient("L").resize((320, 240)).convert("RGB").save(out, "JPEG")
+    (folder / "landscape.jpg").write_bytes(out.getvalue())  # a photo with no face in it
+    (folder / ".curlrc").write_text('write-out = "\\n%{http_code}"\n')
+    return folder
+
+
+def test_every_curl_in_the_readme_is_an_example():
+    readme = (ROOT / "README.md").read_text()
+    assert readme.count("curl ") == sum(c.count("curl ") for c, *_ in readme_examples())
+    routes = " ".join(command for command, *_ in readme_examples())
+    for route in ("verify", "analyze", "embed", "detection", "register", "identify", "forget",
+                  "registry"):
+        assert f"/{route}" in routes
+
+
+def test_readme_examples_run_as_documented(tmp_path_factory, workdir):
+    models = tmp_path_factory.mktemp("models")
+    write_config(models, MODEL)
+    env = {**os.environ, "CURL_HOME": str(workdir), "FACE_MODEL": MODEL}
+    with gateway_process(models, tmp_path_factory.mktemp("data"),
+                         "--default-model", MODEL) as (_, url):
+        env["FACE_URL"] = url
+        for command, status, kind, documented in readme_examples():
+            run = subprocess.run(["bash", "-c", command], cwd=workdir, env=env,
+                                 capture_output=True, text=True, timeout=120)
+            assert run.returncode == 0, f"{command}\n{run.stderr}"
+            body, _, code = run.stdout.rpartition("\n")
+            assert int(code) == status, f"{command}\n{run.stdout}"
+            if kind == "json":
+                actual = json.loads(body)
+                same_shape(json.loads(documented), actual)
+                if "registered_at" in actual:  # later examples name the registered person
+                    env["FACE_ID"] = actual["id"]
+
+
+def test_readme_custom_gallery_installs_and_serves_with_its_one_command(tmp_path, workdir):
+    """The README's gallery, beside the real files of ../shared/models, and its `make run`."""
+    readme_gallery(tmp_path / "face-weights")
+    command = readme_block("sh", "make run MODEL=local-pack").strip()
+    port = free_port()
+    # Run from a folder of its own (models/ and data/ land there), with this checkout's venv.
+    make = subprocess.Popen(
+        ["bash", "-c", f"{command} -f {ROOT}/Makefile VENV={ROOT}/.venv PORT={port}"],
+        cwd=tmp_path, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ok(url, "/healthz", make, timeout=120)
+        files = {"img1": (workdir / "sam-1.jpg").read_bytes(),
+                 "img2": (workdir / "sam-2.jpg").read_bytes()}
+        verdict = httpx.post(f"{url}/v1/face/verify", files=files, timeout=120).json()
+        assert verdict["verified"] is True and verdict["model"] == "local-pack", verdict
+        assert verdict["threshold"] == 0.74
+    finally:
+        os.killpg(make.pid, signal.SIGTERM)
+        make.wait(timeout=60)
+    assert (tmp_path / "models" / "local-pack.yaml").is_file()
