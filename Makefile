@@ -8,7 +8,7 @@ DATA_DIR ?= data
 PORT ?= 8080
 # ACCEPT_LICENSE=1 accepts a research-only model's licence; GALLERY=FILE adds a custom gallery.
 
-.PHONY: install proto test run bench-deps bench-accuracy bench-latency
+.PHONY: install proto test run bench-deps bench-accuracy bench-latency bench-pool
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,7 @@ bench-accuracy: bench-deps
 
 bench-latency: bench-deps
 	$(BIN)/python -m bench.latency $(BENCH_ARGS)
+
+# One multi-threaded backend against a pool of single-threaded ones; CPU per verify of a pair.
+bench-pool:
+	$(BIN)/python -m bench.pool $(BENCH_ARGS)

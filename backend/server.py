@@ -12,7 +12,8 @@ import grpc
 
 from . import images
 from .engine import FaceEngine
-from face_contract.errors import FaceError, NotFound, NotReady
+from face_contract.errors import (IDENTITY_MISMATCH, NO_MODEL_LOADED, FaceError, NotFound,
+                                   NotReady)
 from .loader import build_engine
 from .models.session import IN_FLIGHT
 from face_contract.rpc import backend_pb2 as pb
@@ -51,10 +52,10 @@ def face_rpc(method):
         try:
             engine = self.engine
             if engine is None:
-                raise NotReady("no model loaded: call LoadModel first")
+                raise NotReady(f"{NO_MODEL_LOADED}: call LoadModel first")
             identity = getattr(request, "ModelIdentity", "")
             if identity and identity != engine.name:
-                raise NotFound(f"model identity mismatch: asked for {identity!r}, "
+                raise NotFound(f"{IDENTITY_MISMATCH}: asked for {identity!r}, "
                                f"loaded {engine.name!r}")
             with IN_FLIGHT:
                 return method(self, engine, request, started)

@@ -18,7 +18,7 @@ import time
 import httpx
 
 from gallery.configs import write_config
-from gateway.backends import free_port
+from gateway.members import free_port
 
 from .datasets import ROOT
 from .pipeline import PACK_NAME, real_pack_options
@@ -56,8 +56,9 @@ class Service:
     40 KB verify POST (33 ms against 27 ms), which would be billed to the service.
     """
 
-    def __init__(self, base_url: str):
+    def __init__(self, base_url: str, pid: int | None = None):
         self.base_url = base_url
+        self.pid = pid  # the gateway process, when this run started it
         self._host, _, port = base_url.removeprefix("http://").partition(":")
         self._port = int(port)
         self._local = threading.local()
@@ -123,8 +124,9 @@ def stop_process(proc: subprocess.Popen, grace: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def running_gateway(stores: tuple[str, ...] = ("local-store",)):
-    """Starts the gateway and waits until its default model's backend is loaded; yields a Service."""
+def running_gateway(stores: tuple[str, ...] = ("local-store",), args: tuple[str, ...] = ()):
+    """Starts the gateway (with extra command-line `args`) and waits until its default model's
+    backends are loaded; yields a Service."""
     with tempfile.TemporaryDirectory(prefix="face-bench-") as tmp:
         models_dir, data_dir = pathlib.Path(tmp, "models"), pathlib.Path(tmp, "data")
         models_dir.mkdir()
@@ -135,13 +137,13 @@ def running_gateway(stores: tuple[str, ...] = ("local-store",)):
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port),
              "--models-dir", str(models_dir), "--data-dir", str(data_dir),
-             "--default-model", PACK_NAME, "--log-level", "warning", *store_args],
+             "--default-model", PACK_NAME, "--log-level", "warning", *store_args, *args],
             cwd=ROOT)
         base_url = f"http://127.0.0.1:{port}"
         service = None
         try:
             wait_until_ok(base_url, "/readyz", proc)  # the default model is loaded
-            service = Service(base_url)
+            service = Service(base_url, proc.pid)
             yield service
         finally:
             if service is not None:

@@ -31,6 +31,12 @@ class NotReady(FaceError):
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+# Message prefixes of the backend's answers that mean "load the model again" to the gateway:
+# the backend lost its model (restarted) or another client loaded a different one.
+NO_MODEL_LOADED = "no model loaded"
+IDENTITY_MISMATCH = "model identity mismatch"
+
+
 class Unauthenticated(FaceError):
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
 
@@ -48,6 +54,8 @@ GRPC_TO_HTTP = {
     grpc.StatusCode.PERMISSION_DENIED: (403, "forbidden"),
     grpc.StatusCode.UNIMPLEMENTED: (501, "unimplemented"),
     grpc.StatusCode.UNAVAILABLE: (503, "unavailable"),
+    # A backend that did not answer in time is down or hung for its caller: retry later.
+    grpc.StatusCode.DEADLINE_EXCEEDED: (503, "unavailable"),
 }
 HTTP_ERROR_TYPES = {
     400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",

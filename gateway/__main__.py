@@ -1,16 +1,19 @@
 """`python -m gateway` / `face-gateway`: serve the /v1/face API with uvicorn.
 
 Every option has an environment variable (FACE_*); a command-line option wins.
+`face-gateway enroll DIR --model M ...` registers a folder of photos through a
+running gateway instead (`face-gateway enroll --help`).
 """
 import argparse
 import logging
 import os
 import pathlib
+import sys
 
 import uvicorn
 
 from .app import create_app
-from .settings import Settings, parse_backend_spec
+from .settings import Settings, pools_from_specs
 
 
 def _env_flag(name: str) -> bool:
@@ -23,7 +26,8 @@ def _env_list(name: str) -> list[str]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="face-gateway", description=__doc__)
+    p = argparse.ArgumentParser(prog="face-gateway", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default=env("FACE_HOST", "127.0.0.1"), help="env FACE_HOST")
     p.add_argument("--port", type=int, default=int(env("FACE_PORT", "8080")), help="env FACE_PORT")
     p.add_argument("--models-dir", type=pathlib.Path, default=env("FACE_MODELS_DIR", "models"),
@@ -34,8 +38,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="model used when a request names none; env FACE_DEFAULT_MODEL")
     p.add_argument("--backend", action="append", dest="backends",
                    default=_env_list("FACE_BACKENDS"), metavar="NAME=HOST:PORT",
-                   help="use an already running backend for model NAME (repeatable); "
-                        "env FACE_BACKENDS, comma-separated")
+                   help="use an already running backend for model NAME (repeatable; a "
+                        "repeated NAME adds to that model's pool); env FACE_BACKENDS, "
+                        "comma-separated")
+    p.add_argument("--backends-per-model", type=int,
+                   default=int(env("FACE_BACKENDS_PER_MODEL", Settings.backends_per_model)),
+                   help="backend processes the gateway starts per model (its pool); "
+                        "env FACE_BACKENDS_PER_MODEL")
+    p.add_argument("--backend-threads", type=int,
+                   default=int(env("FACE_BACKEND_THREADS", Settings.backend_threads)),
+                   help="onnxruntime threads of each backend it loads (LoadModel Threads; "
+                        "0: the backend's default); env FACE_BACKEND_THREADS")
     p.add_argument("--store", action="append", dest="stores", default=None, metavar="NAME",
                    help="a registry store name (repeatable; default local-store); "
                         "env FACE_STORES, comma-separated")
@@ -62,7 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
         models_dir=args.models_dir, data_dir=args.data_dir, default_model=args.default_model,
-        external_backends=dict(parse_backend_spec(spec) for spec in args.backends),
+        external_backends=pools_from_specs(args.backends),
+        backends_per_model=args.backends_per_model, backend_threads=args.backend_threads,
         stores=tuple(args.stores or _env_list("FACE_STORES") or ["local-store"]),
         allow_private_urls=args.allow_private_urls, max_body_bytes=args.max_body_bytes,
         max_url_bytes=args.max_url_bytes, url_timeout_s=args.url_timeout,
@@ -71,6 +85,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["enroll"]:
+        from .enroll import main as enroll  # a client: none of the server's start-up
+        return enroll(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -19,12 +19,13 @@ from face_contract.similarity import confidence
 
 from . import openset
 from . import schemas as s
-from .backends import BackendError, Backends
+from .backends import Backends
 from .bodylimit import BodyLimitMiddleware
 from .docs import drop_validation_422
 from .errors import error_response, install_error_handlers
 from .fetch import UrlFetcher
 from .images import image_b64
+from .members import BackendError
 from .metrics import Metrics, MetricsMiddleware
 from .multipart import MultipartMiddleware, form_schema
 from .page import install_page
@@ -133,9 +134,29 @@ async def embed(body: s.EmbedRequest, gw: Gateway = Depends(gateway)):
 async def register(body: s.RegisterRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     store = require(gw.stores, body.store)
-    record = Record.new(body.name, body.labels or {}, model, await gw.embedding(model, body.img))
-    await asyncio.to_thread(store.add, record)  # committed to disk before the 200
-    return s.RegisterResponse(id=record.id, name=record.name, registered_at=record.registered_at)
+    photos = body.photos()
+    vectors = await asyncio.gather(*(gw.embedding(model, img, field) for field, img in photos))
+    if body.template:  # Record.new normalises the mean of the unit vectors again
+        vectors = [np.mean(np.asarray(vectors, dtype=np.float32), axis=0)]
+    records = [Record.new(body.name, body.labels or {}, model, v) for v in vectors]
+    await asyncio.to_thread(_add_all, store, records)
+    first = records[0]
+    return s.RegisterResponse(id=first.id, name=first.name, registered_at=first.registered_at,
+                              ids=[r.id for r in records] if body.imgs is not None else None)
+
+
+def _add_all(store: VectorStore, records: list[Record]) -> None:
+    """Adds every record (each committed to disk before the 200), or none: the ones added
+    before a failure are deleted again."""
+    added = []
+    try:
+        for record in records:
+            store.add(record)
+            added.append(record)
+    except BaseException:
+        for record in added:
+            store.delete(record.id)
+        raise
 
 
 @api.post("/v1/face/identify", response_model=s.IdentifyResponse,
@@ -210,7 +231,9 @@ async def healthz():
 @api.get("/readyz")
 async def readyz(gw: Gateway = Depends(gateway)):
     states = await gw.backends.probe()
-    failing = {name: state for name, state in states.items() if state not in ("ok", "idle")}
+    # A degraded pool still serves: some of its backends answer.
+    failing = {name: state for name, state in states.items()
+               if state not in ("ok", "idle") and not state.startswith("degraded")}
     if failing:
         return error_response(503, "backends not ready: " + "; ".join(
             f"{name}: {state}" for name, state in failing.items()))

@@ -1,11 +1,15 @@
-"""Backend processes per model, and the gRPC calls the routes make on them.
+"""Backend pools per model, supervised, and the gRPC calls the routes make on them.
 
-Each installed model (a YAML config in the models folder) gets its own
-`python -m backend` on a free loopback port, started on first use, sent
-LoadModel with the config's options, health-checked, restarted when it dies and
-stopped on shutdown. `--backend NAME=HOST:PORT` points a model at a backend run
-by someone else instead. Every call has a deadline, so no request waits forever
-on a backend.
+Each model is served by a pool of backends. For an installed model (a YAML config in
+the models folder) the gateway starts `--backends-per-model` processes of
+`python -m backend` on free loopback ports on first use, each with its own bearer
+token, and sends them LoadModel; `--backend NAME=HOST:PORT` (repeatable per NAME)
+makes the pool of backends someone else runs instead. A call goes to the member with
+the fewest calls in flight and has a deadline. Every backend call is a pure function
+of its input, so one that fails with UNAVAILABLE is tried once more on another member,
+and one answered "wrong model" is retried after loading the model again. A watcher
+health-checks every member with a short deadline: a dead or hung member is taken out
+of the pool, restarted when the gateway runs it, and put back once it answers.
 """
 import asyncio
 import base64
@@ -13,50 +17,28 @@ import contextlib
 import dataclasses
 import io
 import logging
-import os
-import socket
-import subprocess
-import sys
 
 import grpc
 from PIL import Image
 
-from face_contract.errors import FaceError, InvalidInput, NotFound
+from face_contract.errors import InvalidInput, NotFound
 from face_contract.images import check_limits
 from face_contract.rpc import backend_pb2 as pb
-from face_contract.rpc import backend_pb2_grpc as pb_grpc
 from gallery.configs import ModelConfig, load_model_configs
 
+from .members import BackendError, Member, needs_load
 from .settings import Settings
 
 log = logging.getLogger("gateway.backends")
 
-MESSAGE_LIMIT = 50 * 1024 * 1024
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", MESSAGE_LIMIT),
-                   ("grpc.max_receive_message_length", MESSAGE_LIMIT),
-                   # A starting backend refuses connections for seconds; gRPC's default
-                   # backoff (1 s growing to 120 s) would leave it idle long after it is up.
-                   ("grpc.initial_reconnect_backoff_ms", 200),
-                   ("grpc.min_reconnect_backoff_ms", 200),
-                   ("grpc.max_reconnect_backoff_ms", 1000)]
-HEALTH_TIMEOUT_S = 5.0
 WATCH_INTERVAL_S = 1.0
-STOP_GRACE_S = 10.0
-CLOSE_GRACE_S = 5.0
+MAX_CHECK_BACKOFF_S = 30.0
 
 # Recognizer defaults of PROTOCOL.md for configs without `verify_threshold`.
 PACK_THRESHOLDS = {"buffalo_l": 0.35, "buffalo_m": 0.35, "antelopev2": 0.35,
                    "buffalo_s": 0.40, "buffalo_sc": 0.40}
 ENGINE_THRESHOLDS = {"opencv": 0.50, "onnx_direct": 0.50}
 FALLBACK_THRESHOLD = 0.35
-
-
-class BackendError(FaceError):
-    """A backend's gRPC failure, keeping its status code for the HTTP mapping."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.grpc_code = code
 
 
 def default_threshold(config: ModelConfig | None) -> float:
@@ -73,52 +55,22 @@ def default_threshold(config: ModelConfig | None) -> float:
     return PACK_THRESHOLDS.get(config.option("model_pack", "buffalo_l"), FALLBACK_THRESHOLD)
 
 
-def free_port() -> int:
-    """A loopback port free right now (for backends the gateway starts, and for tests)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclasses.dataclass
-class Backend:
+class Pool:
     name: str
-    external_address: str | None  # None: the gateway runs this backend itself
-    config: ModelConfig | None
-    address: str | None = None
-    process: subprocess.Popen | None = None
-    channel: grpc.aio.Channel | None = None
-    stub: pb_grpc.BackendStub | None = None
-    loaded: bool = False  # LoadModel succeeded (or is assumed, for an external one without config)
-    suspect: bool = False  # a call saw UNAVAILABLE: re-check before the next one
-    starts: int = 0
-    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    members: list[Member]
 
-    @property
-    def managed(self) -> bool:
-        return self.external_address is None
-
-    @property
-    def running(self) -> bool:
-        return not self.managed or (self.process is not None and self.process.poll() is None)
-
-    @property
-    def usable(self) -> bool:
-        return self.loaded and not self.suspect and self.running
-
-    @property
-    def identity(self) -> str:
-        # Checked by the backend on every call when the gateway loaded the model itself.
-        return self.name if self.config is not None else ""
+    def pick(self, exclude: list[Member]) -> Member | None:
+        """The usable member with the fewest calls in flight (ties: the least used so far)."""
+        usable = [m for m in self.members if m.usable and m not in exclude]
+        return min(usable, key=lambda m: (m.in_flight, m.calls), default=None)
 
 
 class Backends:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._configs = load_model_configs(settings.models_dir)
-        self._backends: dict[str, Backend] = {}
-        self._metadata = (("authorization", f"Bearer {settings.auth_token}"),) \
-            if settings.auth_token else ()
+        self._pools: dict[str, Pool] = {}
         self._watcher: asyncio.Task | None = None
         self._preloader: asyncio.Task | None = None
 
@@ -151,138 +103,76 @@ class Backends:
     def describe(self) -> list[dict]:
         out = []
         for name in self.names():
-            backend = self._backends.get(name)
+            members = self._pools[name].members if name in self._pools else []
             item = {"id": name, "object": "model",
-                    "loaded": bool(backend and backend.loaded and backend.running)}
-            if backend and backend.managed and backend.running:
-                item["pid"] = backend.process.pid
-            if backend and backend.address:
-                item["address"] = backend.address
+                    "loaded": any(m.loaded and m.running for m in members)}
+            first = next((m for m in members if m.address), None)
+            if first is not None and first.managed and first.running:
+                item["pid"] = first.process.pid
+            if first is not None:
+                item["address"] = first.address
+            if any(m.address for m in members):
+                item["backends"] = [{
+                    "address": m.address, "pid": m.process.pid if m.managed and m.running else None,
+                    "in_pool": m.usable, "in_flight": m.in_flight, "calls": m.calls,
+                    "starts": m.starts if m.managed else None} for m in members]
             out.append(item)
         return out
 
     # -- calls ----------------------------------------------------------------
 
     async def call(self, name: str, method: str, request):
-        """`method` of the model's backend (started / loaded first if needed), with a deadline."""
-        backend = await self._ready(name)
-        request.ModelIdentity = backend.identity
-        try:
-            return await getattr(backend.stub, method)(
-                request, timeout=self.settings.backend_call_timeout_s, metadata=self._metadata)
-        except grpc.aio.AioRpcError as exc:
-            raise self._failure(backend, exc, method) from None
+        """`method` on the least busy backend of the model's pool, with a deadline; retried once
+        on another member when the first is unavailable, or after a reload when it lost the model."""
+        pool = self._pool(name)
+        exclude: list[Member] = []
+        for attempt in (1, 2):
+            member = await self._member(pool, exclude)
+            try:
+                return await member.call(method, request)
+            except grpc.aio.AioRpcError as exc:
+                error = member.failure(exc, method)
+                if attempt == 2:
+                    raise error from None
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and pool.pick([member]) is not None:
+                    log.warning("model %s: backend %s unavailable; retrying on another",
+                                name, member.address)
+                    exclude = [member]
+                elif needs_load(exc):  # retried on this member once reloaded, or another
+                    log.warning("model %s: backend %s answered %r; loading the model again",
+                                name, member.address, exc.details())
+                else:
+                    raise error from None
 
-    def _failure(self, backend: Backend, exc: grpc.aio.AioRpcError, what: str) -> BackendError:
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            backend.suspect = True
-            return BackendError(exc.code(), f"the backend of model '{backend.name}' is unavailable "
-                                            f"({exc.details()}); retry shortly")
-        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return BackendError(exc.code(), f"the backend of model '{backend.name}' did not "
-                                            f"answer {what} in time")
-        return BackendError(exc.code(), exc.details() or exc.code().name)
+    def _pool(self, name: str) -> Pool:
+        if name not in self._pools:
+            config = self.config(name)
+            addresses = self.settings.external_backends.get(name)
+            if addresses:
+                members = [Member(name, address, config, self.settings, token=self.settings.auth_token)
+                           for address in addresses]
+            else:
+                members = [Member(name, None, config, self.settings)
+                           for _ in range(self.settings.backends_per_model)]
+            self._pools[name] = Pool(name, members)
+        return self._pools[name]
 
-    def _backend(self, name: str) -> Backend:
-        if name not in self._backends:
-            self._backends[name] = Backend(
-                name=name, external_address=self.settings.external_backends.get(name),
-                config=self.config(name))
-        return self._backends[name]
-
-    async def _ready(self, name: str) -> Backend:
-        backend = self._backend(name)
-        if backend.usable:
-            return backend
-        async with backend.lock:  # one start / load per model; other requests wait for it
-            if not backend.usable:
-                await self._bring_up(backend)
-        return backend
-
-    async def _bring_up(self, backend: Backend) -> None:
-        if backend.managed and not backend.running:
-            await self._start(backend)
-        elif backend.channel is None:
-            self._connect(backend, backend.external_address)
-        step = "Health"
-        try:
-            await backend.stub.Health(pb.HealthMessage(), timeout=HEALTH_TIMEOUT_S,
-                                      metadata=self._metadata)
-            if backend.suspect and backend.loaded:  # alive again: is the model still loaded?
-                step = "Status"
-                status = await backend.stub.Status(pb.HealthMessage(), timeout=HEALTH_TIMEOUT_S,
-                                                   metadata=self._metadata)
-                backend.loaded = status.state == pb.StatusResponse.READY
-            if not backend.loaded:
-                step = "LoadModel"
-                await self._load(backend)
-        except grpc.aio.AioRpcError as exc:
-            raise self._failure(backend, exc, step) from None
-        backend.suspect = False
-
-    async def _load(self, backend: Backend) -> None:
-        cfg = backend.config
-        if cfg is not None:
-            model_file = str(cfg.models_dir / cfg.model) if cfg.model else ""
-            result = await backend.stub.LoadModel(
-                pb.ModelOptions(Model=cfg.name, ModelPath=str(cfg.models_dir),
-                                ModelFile=model_file, Options=list(cfg.options)),
-                timeout=self.settings.backend_load_timeout_s, metadata=self._metadata)
-            if not result.success:
-                raise BackendError(grpc.StatusCode.INTERNAL,
-                                   f"model '{cfg.name}' failed to load: {result.message}")
-            log.info("model %s loaded on %s", cfg.name, backend.address)
-        backend.loaded = True
-
-    def _connect(self, backend: Backend, address: str) -> None:
-        backend.address = address
-        backend.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        backend.stub = pb_grpc.BackendStub(backend.channel)
-
-    async def _start(self, backend: Backend) -> None:
-        await self._discard(backend)
-        address = f"127.0.0.1:{free_port()}"
-        # The backend logs at the gateway's level unless told otherwise.
-        env = {"FACE_LOG_LEVEL": logging.getLevelName(logging.getLogger().level), **os.environ}
-        if self.settings.auth_token:
-            env["LOCALAI_GRPC_AUTH_TOKEN"] = self.settings.auth_token
-        # Popen runs on the event loop's (main) thread: the parent-death signal set by
-        # gateway.launch follows the thread that started the child, so it must outlive it.
-        backend.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.launch", str(os.getpid()),
-             sys.executable, "-m", "backend", "--addr", address],
-            env=env, stdin=subprocess.DEVNULL, start_new_session=True)
-        backend.starts += 1
-        backend.loaded = False
-        log.info("started backend for model %s: pid %d on %s",
-                 backend.name, backend.process.pid, address)
-        self._connect(backend, address)
-        deadline = asyncio.get_running_loop().time() + self.settings.backend_start_timeout_s
-        while True:
-            if backend.process.poll() is not None:
-                raise BackendError(grpc.StatusCode.UNAVAILABLE,
-                                   f"the backend of model '{backend.name}' exited with code "
-                                   f"{backend.process.returncode} while starting")
-            if asyncio.get_running_loop().time() > deadline:
-                await self._discard(backend)
-                raise BackendError(grpc.StatusCode.UNAVAILABLE,
-                                   f"the backend of model '{backend.name}' did not start within "
-                                   f"{self.settings.backend_start_timeout_s:g} s")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(backend.channel.channel_ready(), 0.5)
-                return
-
-    async def _discard(self, backend: Backend) -> None:
-        """Stops the process (if any), then closes the channel, of a backend being replaced."""
-        channel, backend.channel, backend.stub = backend.channel, None, None
-        backend.loaded = False
-        if backend.managed and backend.process is not None:
-            await _stop_process(backend.process)
-            backend.process = None
-        if channel is not None:
-            # With the process gone, calls still in flight end at once with UNAVAILABLE
-            # (503); closing without a grace period would cancel them instead (500).
-            await channel.close(grace=CLOSE_GRACE_S)
+    async def _member(self, pool: Pool, exclude: list) -> Member:
+        """A usable member not in `exclude`; when none is, brings the others up and waits."""
+        member = pool.pick(exclude)
+        if member is not None:
+            return member
+        candidates = [m for m in pool.members if m not in exclude]
+        results = await asyncio.gather(*(m.ensure() for m in candidates),
+                                       return_exceptions=True)
+        member = pool.pick(exclude)
+        if member is not None:
+            return member
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        raise BackendError(grpc.StatusCode.UNAVAILABLE,
+                           f"no backend of model '{pool.name}' is available; retry shortly")
 
     # -- supervision ----------------------------------------------------------
 
@@ -290,61 +180,95 @@ class Backends:
         self._watcher = asyncio.create_task(self._watch())
 
     def preload(self, name: str) -> None:
-        """Starts and loads a model's backend now, and sends it one image, so that the first
+        """Starts and loads a model's backends now, and sends each one image, so that the first
         request is not the slow one (the first image check and call each cost milliseconds)."""
         async def bring_up():
             try:
-                await self._ready(name)
+                pool = self._pool(name)
+                await self._member(pool, exclude=[])
                 jpeg = io.BytesIO()
                 Image.new("RGB", (64, 64)).save(jpeg, "JPEG")
                 check_limits(jpeg.getvalue(), "warm-up image")
-                await self.call(name, "Detect", pb.DetectOptions(
-                    src=base64.b64encode(jpeg.getvalue()).decode("ascii")))
+                src = base64.b64encode(jpeg.getvalue()).decode("ascii")
+                await asyncio.gather(*(m.call("Detect", pb.DetectOptions(src=src))
+                                       for m in pool.members if m.usable))
             except Exception as exc:  # the first request retries and reports it
                 log.error("preloading model %s failed: %s", name, exc)
         self._preloader = asyncio.create_task(bring_up())
 
     async def _watch(self) -> None:
-        """Restarts a backend that died after serving, without waiting for the next request."""
+        """Checks every member a call has asked for, each second: restarts one that died, takes
+        one that does not answer a health check out of the pool (restarting it if the gateway
+        runs it) and puts it back once it answers again."""
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
-            for backend in list(self._backends.values()):
-                if backend.managed and backend.loaded and not backend.running:
-                    log.warning("backend of model %s (pid %d) exited with code %s; restarting",
-                                backend.name, backend.process.pid, backend.process.returncode)
-                    backend.suspect = True
-                    try:
-                        await self._ready(backend.name)
-                    except Exception as exc:  # the watch goes on; the next request retries
-                        log.error("restarting the backend of model %s failed: %s",
-                                  backend.name, exc)
+            members = [m for pool in list(self._pools.values()) for m in pool.members
+                       if m.wanted and not m.lock.locked()]
+            await asyncio.gather(*(self._check(m) for m in members))
+
+    async def _check(self, member: Member) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() < member.next_check:
+            return
+        if member.managed and not member.running:
+            log.warning("backend of model %s (pid %d) exited with code %s; restarting",
+                        member.model, member.process.pid, member.process.returncode)
+            member.out = True
+        elif member.usable:
+            try:
+                await member.health()
+                return
+            except grpc.aio.AioRpcError as exc:
+                log.warning("backend %s of model %s failed a health check (%s); out of the pool",
+                            member.address, member.model, exc.code().name)
+                member.out = True
+        try:  # restart, reconnect or reload it
+            await member.ensure()
+            member.failures = 0
+        except Exception as exc:  # the watch goes on, backing off; a request may retry sooner
+            member.failures += 1
+            member.next_check = loop.time() + min(2 ** member.failures, MAX_CHECK_BACKOFF_S)
+            log.error("bringing back the backend %s of model %s failed: %s",
+                      member.address, member.model, exc)
 
     async def probe(self) -> dict[str, str]:
-        """State of every backend that should be reachable now: 'ok', 'idle' or the failure."""
+        """State of every model's pool: 'ok', 'idle', 'degraded: ...' or the failure."""
         states = {}
         for name in self.names():
-            backend = self._backend(name)
-            if backend.managed and backend.process is None:
-                states[name] = "idle"  # started on first use
-                continue
-            if not backend.running:
-                states[name] = f"exited with code {backend.process.returncode}"
-                continue
-            if not backend.loaded:
-                states[name] = "loading"
-                continue
-            if backend.channel is None:
-                self._connect(backend, backend.external_address)
-            try:
-                await backend.stub.Health(pb.HealthMessage(), timeout=HEALTH_TIMEOUT_S,
-                                          metadata=self._metadata)
-                states[name] = "ok"
-            except grpc.aio.AioRpcError as exc:
-                states[name] = f"unreachable: {exc.code().name} {exc.details()}"
+            members = self._pool(name).members
+            member_states = await asyncio.gather(*(self._probe(m) for m in members))
+            healthy = member_states.count("ok")
+            if len(set(member_states)) == 1:
+                states[name] = member_states[0]
+            elif healthy:
+                states[name] = f"degraded: {healthy} of {len(members)} backends ok"
+            else:
+                states[name] = "; ".join(sorted(set(member_states)))
         return states
 
+    async def _probe(self, member: Member) -> str:
+        if member.managed and member.process is None:
+            return "idle"  # started on first use
+        if not member.running:
+            return f"exited with code {member.process.returncode}"
+        if not member.loaded:
+            return "loading"
+        if member.channel is None:
+            member.connect(member.external_address)
+        try:
+            await member.health()
+            return "ok"
+        except grpc.aio.AioRpcError as exc:
+            return f"unreachable: {exc.code().name} {exc.details()}"
+
     def starts(self) -> dict[str, int]:
-        return {name: b.starts for name, b in self._backends.items() if b.managed}
+        return {name: sum(m.starts for m in pool.members)
+                for name, pool in self._pools.items() if pool.members[0].managed}
+
+    def calls(self) -> dict[tuple[str, str], int]:
+        """Calls sent per (model, backend address)."""
+        return {(name, m.address): m.calls for name, pool in self._pools.items()
+                for m in pool.members if m.address}
 
     async def close(self) -> None:
         for task in (self._watcher, self._preloader):
@@ -352,14 +276,6 @@ class Backends:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        await asyncio.gather(*(self._discard(b) for b in self._backends.values()))
-
-
-async def _stop_process(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()  # the backend stops cleanly on SIGTERM
-        try:
-            await asyncio.wait_for(asyncio.to_thread(process.wait), STOP_GRACE_S)
-        except asyncio.TimeoutError:
-            process.kill()
-    await asyncio.to_thread(process.wait)
+        # One out of the pool may be hung: it would only sit out the SIGTERM grace period.
+        await asyncio.gather(*(m.discard(kill=m.out) for pool in self._pools.values()
+                               for m in pool.members))

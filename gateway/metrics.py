@@ -33,6 +33,12 @@ class _StateCollector:
         for model, count in self.backends.starts().items():
             starts.add_metric([model], count)
         yield starts
+        calls = CounterMetricFamily("face_gateway_backend_calls",
+                                    "Calls sent to each backend of a model's pool",
+                                    labels=["model", "backend"])
+        for (model, address), count in self.backends.calls().items():
+            calls.add_metric([model, address], count)
+        yield calls
 
 
 class Metrics:

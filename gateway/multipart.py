@@ -45,9 +45,13 @@ def form_to_json(model: type[BaseModel], fields: list[tuple[str, str]],
         if name not in images:
             raise InvalidInput(f"file part '{name}' is not an image field here; send the image "
                                f"as {' or '.join(images)}")
+        encoded = base64.b64encode(data).decode("ascii")
+        if _kind(model, name) is list:  # several photos: one part each
+            body.setdefault(name, []).append(encoded)
+            continue
         if name in body:
             raise InvalidInput(f"{name} is sent more than once")
-        body[name] = base64.b64encode(data).decode("ascii")
+        body[name] = encoded
     values: dict[str, list[str]] = {}
     for name, value in fields:
         if value != "":
@@ -151,7 +155,10 @@ def form_schema(model: type[BaseModel]) -> dict:
     schema = model.model_json_schema()
     properties = {}
     for name, prop in schema["properties"].items():
-        if name in IMAGE_FIELDS:
+        if name in IMAGE_FIELDS and _kind(model, name) is list:
+            prop = {"type": "array", "items": {"type": "string", "format": "binary"},
+                    "description": "image files, one part each"}
+        elif name in IMAGE_FIELDS:
             prop = {"type": "string", "format": "binary", "description": "the image file"}
         elif _kind(model, name) is dict:
             prop = {"type": "string", "description": f"{prop.get('description', name)}; "

@@ -7,19 +7,22 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from face_contract.errors import InvalidInput
+
 MAX_LABELS = 32
 MAX_LABEL_KEY = 64
 MAX_LABEL_VALUE = 256
 MAX_NAME = 256
 MAX_TOP_K = 1000
 MAX_LIST_LIMIT = 1000
+MAX_REGISTER_IMAGES = 32
 
 ModelField = Field(None, description="installed model name; omitted: the gateway's default model")
 StoreField = Field(None, description="configured store name; omitted: local-store")
 ImageDoc = ("http(s) URL, data: URI or bare base64 image bytes (or, in a multipart/form-data "
             "request, the image file)")
 # The image fields, by the names callers send (a multipart upload's file parts).
-IMAGE_FIELDS = ("img", "img1", "img2", "image")
+IMAGE_FIELDS = ("img", "img1", "img2", "image", "imgs")  # imgs: the part repeated
 JPEG = "/9j/4AAQSkZJRgABAQAAAQABAAD..."  # base64 of a JPEG, shortened in the examples
 
 
@@ -62,7 +65,13 @@ class RegisterRequest(BaseModel):
     model_config = example(img=JPEG, name="Ann Lee", labels={"team": "blue"})
 
     model: str | None = ModelField
-    img: str = Field(description=ImageDoc)
+    img: str | None = Field(None, description=f"{ImageDoc}; exactly one of img and imgs")
+    imgs: list[str] | None = Field(
+        None, min_length=1, max_length=MAX_REGISTER_IMAGES,
+        description=f"several photos of the same person ({ImageDoc}): one record each, "
+                    "or one template record with `template`")
+    template: bool = Field(False, description="with imgs: store one record whose embedding is "
+                                              "the re-normalised mean of the photos' embeddings")
     name: str = Field(min_length=1, max_length=MAX_NAME)
     labels: dict[str, str] | None = Field(
         None, description=f"at most {MAX_LABELS} labels; keys up to {MAX_LABEL_KEY} and "
@@ -89,6 +98,16 @@ class RegisterRequest(BaseModel):
             if len(value) > MAX_LABEL_VALUE:
                 raise ValueError(f"label '{key}' is longer than {MAX_LABEL_VALUE} characters")
         return labels
+
+
+    def photos(self) -> list[tuple[str, str]]:
+        """(field name, image) of each photo sent; 400 unless exactly one of img / imgs is."""
+        if (self.img is None) == (self.imgs is None):
+            raise InvalidInput("send exactly one of img (one photo) or imgs (several photos "
+                               "of one person)")
+        if self.img is not None:
+            return [("img", self.img)]
+        return [(f"imgs[{i}]", img) for i, img in enumerate(self.imgs)]
 
 
 class IdentifyRequest(BaseModel):
@@ -177,9 +196,11 @@ class EmbedResponse(BaseModel):
 
 
 class RegisterResponse(BaseModel):
-    id: str
+    id: str = Field(description="the record's id (with imgs: the first record's)")
     name: str
     registered_at: str
+    ids: list[str] | None = Field(None, description="with imgs: every record's id, in the "
+                                                    "order of imgs (one id with template)")
 
 
 class IdentifyMatch(BaseModel):
@@ -230,12 +251,23 @@ class RegistryResponse(BaseModel):
     total: int
 
 
+class PoolMember(BaseModel):
+    address: str | None = Field(None, description="gRPC address")
+    pid: int | None = Field(None, description="process id, for a backend the gateway started")
+    in_pool: bool = Field(description="loaded, healthy and taking calls")
+    in_flight: int = Field(description="calls waiting for an answer now")
+    calls: int = Field(description="calls sent since the gateway started")
+    starts: int | None = Field(None, description="times the gateway started it")
+
+
 class ModelInfo(BaseModel):
     id: str
     object: str = "model"
     loaded: bool
-    pid: int | None = Field(None, description="process id of a backend the gateway started")
-    address: str | None = Field(None, description="gRPC address of the model's backend")
+    pid: int | None = Field(None, description="process id of a backend the gateway started "
+                                              "(the pool's first)")
+    address: str | None = Field(None, description="gRPC address of the model's (first) backend")
+    backends: list[PoolMember] | None = Field(None, description="every backend of its pool")
 
 
 class ModelList(BaseModel):

@@ -12,8 +12,10 @@ class Settings:
     models_dir: pathlib.Path
     data_dir: pathlib.Path
     default_model: str | None = None
-    # model name -> "host:port" of a backend someone else runs
-    external_backends: dict[str, str] = dataclasses.field(default_factory=dict)
+    # model name -> "host:port" of each backend someone else runs (the model's pool)
+    external_backends: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    backends_per_model: int = 1  # processes the gateway starts for a model without external ones
+    backend_threads: int = 0  # LoadModel Threads for the backends; 0: the backend's default
     stores: tuple[str, ...] = ("local-store",)
     allow_private_urls: bool = False
     # 48 MiB keeps a two-image verify body under the 50 MB gRPC message limit.
@@ -27,11 +29,30 @@ class Settings:
     auth_token: str | None = None  # LOCALAI_GRPC_AUTH_TOKEN, given to and sent to backends
 
     def __post_init__(self):
+        # One address is a pool of one (a plain string reads as such).
+        object.__setattr__(self, "external_backends", {
+            name: (addrs,) if isinstance(addrs, str) else tuple(addrs)
+            for name, addrs in self.external_backends.items()})
+        if self.backends_per_model < 1:
+            raise ValueError("--backends-per-model must be at least 1")
+        if self.backend_threads < 0:
+            raise ValueError("--backend-threads must be 0 (the backend's default) or more")
         for name in self.stores:
             if not STORE_NAME.match(name):
                 raise ValueError(f"store name {name!r}: use letters, digits, '.', '_' or '-'")
         if not self.stores:
             raise ValueError("at least one store must be configured")
+
+
+def pools_from_specs(specs) -> dict[str, tuple[str, ...]]:
+    """['a=h:1', 'a=h:2', 'b=h:3'] -> {'a': ('h:1', 'h:2'), 'b': ('h:3',)}: a repeated NAME
+    adds to that model's pool."""
+    pools: dict[str, tuple[str, ...]] = {}
+    for spec in specs:
+        name, address = parse_backend_spec(spec)
+        if address not in pools.get(name, ()):
+            pools[name] = pools.get(name, ()) + (address,)
+    return pools
 
 
 def parse_backend_spec(spec: str) -> tuple[str, str]:

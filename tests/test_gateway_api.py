@@ -170,10 +170,21 @@ def test_metrics_count_requests_errors_and_registry(api):
     assert 'face_gateway_registry_records{model="alpha",store="local-store"}' in text
 
 
+def test_register_takes_exactly_one_of_img_and_imgs(api):
+    for body in ({"name": "x"}, {"name": "x", "img": "a", "imgs": ["b"]}):
+        error_of(api.post("/v1/face/register", json={"model": "alpha", **body}), 400,
+                 "exactly one of img", "imgs")
+    error_of(api.post("/v1/face/register", json={"model": "alpha", "name": "x", "imgs": []}),
+             400, "imgs")
+    error_of(api.post("/v1/face/register", json={"model": "alpha", "name": "x",
+                                                 "imgs": ["a"] * 33}), 400, "imgs")
+
+
 def test_health_and_openapi_docs(api):
     assert api.get("/healthz").json() == {"status": "ok"}
     spec = api.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
     assert {"VerifyRequest", "VerifyResponse", "IdentifyResponse", "ErrorResponse"} <= set(schemas)
-    assert set(schemas["RegisterRequest"]["required"]) == {"img", "name"}
+    assert set(schemas["RegisterRequest"]["required"]) == {"name"}  # and one of img / imgs
+    assert {"img", "imgs", "template"} <= set(schemas["RegisterRequest"]["properties"])
     assert api.get("/docs").status_code == 200

@@ -26,7 +26,8 @@ def test_options_come_from_env_and_the_command_line_wins(monkeypatch, tmp_path):
     assert settings.models_dir == pathlib.Path(tmp_path / "m")
     assert settings.data_dir == pathlib.Path(tmp_path / "d")
     assert settings.allow_private_urls is True and settings.max_body_bytes == 1234
-    assert settings.external_backends == {"a": "127.0.0.1:5000", "b": "10.0.0.2:6000", "c": "h:1"}
+    assert settings.external_backends == {"a": ("127.0.0.1:5000",), "b": ("10.0.0.2:6000",),
+                                         "c": ("h:1",)}
     assert settings.stores == ("local-store", "staff")
     assert settings.default_model == "a" and settings.auth_token == "tok"
 
@@ -99,3 +100,15 @@ def test_model_required_or_unknown(tmp_path):
 def test_external_backend_names_count_as_models(tmp_path):
     b = backends(tmp_path, [], external_backends={"remote": "10.0.0.5:50051"})
     assert b.resolve(None) == "remote" and b.names() == ["remote"]
+
+
+def test_a_repeated_backend_name_makes_a_pool(monkeypatch):
+    monkeypatch.setenv("FACE_BACKENDS", "a=h:1,b=h:3")
+    monkeypatch.setenv("FACE_BACKENDS_PER_MODEL", "3")
+    settings = settings_from(parse_args(["--backend", "a=h:2", "--backend", "a=h:1"]))
+    assert settings.external_backends == {"a": ("h:1", "h:2"), "b": ("h:3",)}
+    assert settings.backends_per_model == 3 and settings.backend_threads == 0
+    assert settings_from(parse_args(["--backends-per-model", "2", "--backend-threads", "1"])) \
+        .backends_per_model == 2
+    with pytest.raises(ValueError, match="at least 1"):
+        settings_from(parse_args(["--backends-per-model", "0"]))

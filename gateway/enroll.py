@@ -1,0 +1,247 @@
+"""`face-gateway enroll DIR --model M`: registers a folder-per-person tree of photos.
+
+DIR/<person>/<photo> becomes one record named <person> (photos in deeper folders count
+for their top folder), labelled `source` = the photo's path relative to DIR, plus the
+columns of an optional CSV that has a `file` column holding that same path. The
+service is the source of truth for what is done: the enroller first pages through
+the registry of the model and store and skips every photo whose `source` is there, so
+a run that was interrupted resumes without duplicates and nothing is written beside
+the photos. It talks to a running gateway over HTTP.
+"""
+import argparse
+import asyncio
+import base64
+import csv
+import dataclasses
+import os
+import pathlib
+import sys
+import time
+
+import httpx
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+SOURCE_LABEL = "source"
+PAGE_SIZE = 1000  # the registry listing's largest page
+RETRIES = 5  # for 503s and refused connections: a backend or the gateway restarting
+REDRAW_S = 0.2  # progress bar on a terminal
+LOG_EVERY_S = 2.0  # progress lines when stderr is a file or pipe
+
+
+def parse_args(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="face-gateway enroll", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", type=pathlib.Path, help="folder with one sub-folder of photos per person")
+    p.add_argument("--model", required=True, help="model to register with")
+    p.add_argument("--store", default=None, help="registry store (default: the gateway's)")
+    p.add_argument("--url", default=os.environ.get("FACE_URL", "http://127.0.0.1:8080"),
+                   help="the gateway; env FACE_URL (default http://127.0.0.1:8080)")
+    p.add_argument("--labels", type=pathlib.Path, default=None, metavar="CSV",
+                   help="labels per photo: a CSV with a `file` column (paths relative to DIR); "
+                        "its other non-empty columns become labels")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    p.add_argument("--api-key", default=os.environ.get("FACE_API_KEY"),
+                   help="sent as x-api-key when the gateway has keys on; env FACE_API_KEY")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    args = p.parse_args(argv)
+    if not args.dir.is_dir():
+        p.error(f"{args.dir} is not a folder")
+    if args.concurrency < 1:
+        p.error("--concurrency must be at least 1")
+    return args
+
+
+def is_image(path: pathlib.Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def find_photos(root: pathlib.Path) -> list[str]:
+    """Paths (relative to root, '/'-separated) of the images inside root's sub-folders."""
+    return sorted(path.relative_to(root).as_posix()
+                  for person in root.iterdir() if person.is_dir()
+                  for path in person.rglob("*") if is_image(path))
+
+
+def read_label_csv(path: pathlib.Path) -> dict[str, dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if "file" not in (reader.fieldnames or []):
+            raise SystemExit(f"face-gateway enroll: {path} has no `file` column")
+        return {row["file"]: {key: value for key, value in row.items()
+                              if key != "file" and key and value} for row in reader}
+
+
+@dataclasses.dataclass
+class Tally:
+    total: int
+    registered: int = 0
+    skipped: int = 0
+    no_face: list[str] = dataclasses.field(default_factory=list)
+    failed: list[str] = dataclasses.field(default_factory=list)
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> int:
+        return self.registered + self.skipped + len(self.no_face) + len(self.failed)
+
+    def summary(self) -> str:
+        return (f"registered {self.registered}, skipped {self.skipped} (already registered), "
+                f"no face {len(self.no_face)}, failed {len(self.failed)} "
+                f"of {self.total} images in {time.monotonic() - self.started:.1f} s")
+
+
+class Progress:
+    """A text bar with rate and ETA on stderr: redrawn in place on a terminal, a line every
+    few seconds otherwise (logs, CI)."""
+
+    def __init__(self, tally: Tally):
+        self.tally = tally
+        self.tty = sys.stderr.isatty()
+        self.first_done = tally.done  # skipped photos are not work done at this run's rate
+        self.shown_at = 0.0
+
+    def show(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.shown_at < (REDRAW_S if self.tty else LOG_EVERY_S):
+            return
+        self.shown_at = now
+        t = self.tally
+        fraction = t.done / t.total if t.total else 1.0
+        rate = (t.done - self.first_done) / max(now - t.started, 1e-9)
+        left = t.total - t.done
+        eta = time.strftime("%H:%M:%S", time.gmtime(left / rate)) if rate > 0 else "--:--:--"
+        bar = "#" * int(30 * fraction)
+        line = (f"enroll [{bar:<30}] {t.done}/{t.total} {fraction:4.0%} "
+                f"{rate:6.1f} img/s ETA {eta}")
+        end = "\n" if final or not self.tty else ""
+        print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
+
+
+class Enroller:
+    def __init__(self, args: argparse.Namespace, client: httpx.AsyncClient):
+        self.args, self.client = args, client
+        self.labels = read_label_csv(args.labels) if args.labels else {}
+
+    def _scope(self) -> dict:
+        return {"model": self.args.model, **({"store": self.args.store} if self.args.store else {})}
+
+    async def _request(self, method: str, route: str, **kw) -> httpx.Response:
+        """The response, after retrying 503s and failed connections with a growing pause.
+
+        A 503 or a refused connection means nothing was stored; any other transport error
+        on a POST may come after the gateway stored the record, so it is not retried there
+        (the next run finds the record and skips the photo)."""
+        retried = (httpx.TransportError,) if method == "GET" else (httpx.ConnectError,)
+        for attempt in range(RETRIES + 1):
+            try:
+                response = await self.client.request(method, route, **kw)
+                if response.status_code != 503 or attempt == RETRIES:
+                    return response
+            except retried:
+                if attempt == RETRIES:
+                    raise
+            await asyncio.sleep(min(2 ** attempt, 10))
+
+    async def check_model(self) -> None:
+        response = await self._request("GET", "/v1/models")
+        _raise_for(response, "listing models")
+        names = [m["id"] for m in response.json()["data"]]
+        if self.args.model not in names:
+            raise SystemExit(f"face-gateway enroll: model '{self.args.model}' is not served by "
+                             f"{self.args.url} (models: {', '.join(names) or 'none'})")
+
+    async def registered_sources(self) -> set[str]:
+        """`source` labels of the records of this model and store, page by page."""
+        sources, offset, total = set(), 0, 1
+        while offset < total:
+            response = await self._request("GET", "/v1/face/registry", params={
+                **self._scope(), "limit": PAGE_SIZE, "offset": offset})
+            _raise_for(response, "listing the registry")
+            page = response.json()
+            total, items = page["total"], page["items"]
+            if not items:
+                break
+            sources.update(i["labels"][SOURCE_LABEL] for i in items if SOURCE_LABEL in i["labels"])
+            offset += len(items)
+        return sources
+
+    async def register(self, relative: str, tally: Tally) -> None:
+        data = await asyncio.to_thread((self.args.dir / relative).read_bytes)
+        body = {**self._scope(), "name": relative.split("/", 1)[0],
+                "img": base64.b64encode(data).decode("ascii"),
+                "labels": {**self.labels.get(relative, {}), SOURCE_LABEL: relative}}
+        try:
+            response = await self._request("POST", "/v1/face/register", json=body)
+        except httpx.ConnectError:
+            raise  # the gateway is gone: the run ends (and resumes when run again)
+        except httpx.TransportError as exc:  # this request only (a timeout, a cut connection)
+            tally.failed.append(f"{relative}: {type(exc).__name__} {exc}")
+            return
+        if response.status_code == 200:
+            tally.registered += 1
+        elif response.status_code == 404 and "no face" in _message(response):
+            tally.no_face.append(relative)
+        else:
+            tally.failed.append(f"{relative}: HTTP {response.status_code} {_message(response)}")
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]
+
+
+def _raise_for(response: httpx.Response, what: str) -> None:
+    if response.status_code != 200:
+        raise SystemExit(f"face-gateway enroll: {what} failed: HTTP {response.status_code} "
+                         f"{_message(response)}")
+
+
+async def enroll(args: argparse.Namespace) -> Tally:
+    headers = {"x-api-key": args.api_key} if args.api_key else {}
+    limits = httpx.Limits(max_connections=args.concurrency)
+    async with httpx.AsyncClient(base_url=args.url, headers=headers, timeout=args.timeout,
+                                 limits=limits) as client:
+        enroller = Enroller(args, client)
+        await enroller.check_model()
+        started = time.monotonic()
+        photos = find_photos(args.dir)
+        done = await enroller.registered_sources()
+        tally = Tally(total=len(photos), skipped=sum(p in done for p in photos), started=started)
+        progress = Progress(tally)
+        queue = [p for p in photos if p not in done]
+        queue.reverse()  # pop() from the end takes them in order
+
+        async def worker():
+            while queue:
+                await enroller.register(queue.pop(), tally)
+                progress.show()
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        finally:
+            progress.show(final=True)
+        return tally
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    loose = sum(is_image(path) for path in args.dir.iterdir())
+    if loose:
+        print(f"face-gateway enroll: {loose} images directly in {args.dir} are left out: "
+              f"only images in a folder per person are registered", file=sys.stderr)
+    try:
+        tally = asyncio.run(enroll(args))
+    except KeyboardInterrupt:
+        raise SystemExit("face-gateway enroll: interrupted; run it again to resume") from None
+    except httpx.TransportError as exc:
+        raise SystemExit(f"face-gateway enroll: cannot reach {args.url} ({exc}); run it again "
+                         f"to resume") from None
+    for relative in tally.no_face:
+        print(f"no face: {relative}")
+    for failure in tally.failed:
+        print(f"failed: {failure}")
+    print(tally.summary())
+    if tally.failed:
+        sys.exit(1)
