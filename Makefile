@@ -8,7 +8,7 @@ DATA_DIR ?= data
 PORT ?= 8080
 # ACCEPT_LICENSE=1 accepts a research-only model's licence; GALLERY=FILE adds a custom gallery.
 
-.PHONY: install proto test run bench-deps bench-accuracy bench-latency bench-pool
+.PHONY: install proto test run bench-deps bench-accuracy bench-latency bench-pool soak
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,8 @@ bench-latency: bench-deps
 # One multi-threaded backend against a pool of single-threaded ones; CPU per verify of a pair.
 bench-pool:
 	$(BIN)/python -m bench.pool $(BENCH_ARGS)
+
+# 8 clients of mixed routes against a real gateway for SOAK_SECONDS (default 120): errors,
+# p95 per route and gateway+backend memory at start and end (growth under 10%: PASS).
+soak:
+	$(BIN)/python -m bench.soak

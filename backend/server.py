@@ -12,8 +12,8 @@ import grpc
 
 from . import images
 from .engine import FaceEngine
-from face_contract.errors import (IDENTITY_MISMATCH, NO_MODEL_LOADED, FaceError, NotFound,
-                                   NotReady)
+from face_contract.errors import (IDENTITY_MISMATCH, NO_MODEL_LOADED, Cancelled, FaceError,
+                                   NotFound, NotReady)
 from .loader import build_engine
 from .models.session import IN_FLIGHT
 from face_contract.rpc import backend_pb2 as pb
@@ -43,13 +43,24 @@ class TokenAuth(grpc.ServerInterceptor):
         return self._deny
 
 
+def still_wanted(context) -> None:
+    """A checkpoint between costly steps: a call its caller cancelled stops here."""
+    if not context.is_active():
+        raise Cancelled("the caller cancelled the call")
+
+
 def face_rpc(method):
-    """Runs an RPC against the loaded engine; FaceErrors become their gRPC status."""
+    """Runs an RPC against the loaded engine; FaceErrors become their gRPC status.
+
+    The method gets the call's context to pass to still_wanted between steps.
+    """
     @functools.wraps(method)
     def wrapper(self, request, context):
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+        log.debug("%s started", method.__name__)
         try:
+            still_wanted(context)  # it may have waited for a worker thread
             engine = self.engine
             if engine is None:
                 raise NotReady(f"{NO_MODEL_LOADED}: call LoadModel first")
@@ -58,7 +69,7 @@ def face_rpc(method):
                 raise NotFound(f"{IDENTITY_MISMATCH}: asked for {identity!r}, "
                                f"loaded {engine.name!r}")
             with IN_FLIGHT:
-                return method(self, engine, request, started)
+                return method(self, engine, request, context, started)
         except FaceError as exc:
             code = exc.grpc_code
             context.abort(code, str(exc))
@@ -105,23 +116,30 @@ class BackendServicer(pb_grpc.BackendServicer):
             total=rss, breakdown={"max_rss": rss}))
 
     @face_rpc
-    def Embedding(self, engine, request, started):
+    def Embedding(self, engine, request, context, started):
         if not request.Images:
             raise images.InvalidInput("Images is empty: send one base64 image in Images[0]")
-        _, vectors = engine.embed([images.decode(request.Images[0], "Images[0]")], ["Images[0]"])
+        img = images.decode(request.Images[0], "Images[0]")
+        still_wanted(context)
+        _, vectors = engine.embed([img], ["Images[0]"])
         return pb.EmbeddingResult(embeddings=vectors[0].tolist(), dim=engine.dim,
                                   layout=pb.EMBEDDING_LAYOUT_FINAL)
 
     @face_rpc
-    def Detect(self, engine, request, started):
-        faces = engine.detect(images.decode(request.src, "src"), request.threshold)
+    def Detect(self, engine, request, context, started):
+        img = images.decode(request.src, "src")
+        still_wanted(context)
+        faces = engine.detect(img, request.threshold)
         return pb.DetectResponse(Detections=[
             pb.Detection(x=float(f.box[0]), y=float(f.box[1]), width=f.width, height=f.height,
                          confidence=f.score, class_name="face") for f in faces])
 
     @face_rpc
-    def FaceVerify(self, engine, request, started):
-        imgs = [images.decode(request.img1, "img1"), images.decode(request.img2, "img2")]
+    def FaceVerify(self, engine, request, context, started):
+        img1 = images.decode(request.img1, "img1")
+        still_wanted(context)
+        imgs = [img1, images.decode(request.img2, "img2")]
+        still_wanted(context)
         faces, vectors = engine.embed(imgs, ["img1", "img2"])
         threshold = request.threshold if request.threshold > 0 else engine.verify_threshold
         distance = cosine_distance(vectors[0], vectors[1])
@@ -130,6 +148,7 @@ class BackendServicer(pb_grpc.BackendServicer):
             confidence=confidence(distance, threshold), model=engine.name,
             img1_area=_area(faces[0]), img2_area=_area(faces[1]))
         if request.anti_spoofing:
+            still_wanted(context)
             reply.img1_is_real, reply.img1_antispoof_score = engine.check_liveness(imgs[0], faces[0])
             reply.img2_is_real, reply.img2_antispoof_score = engine.check_liveness(imgs[1], faces[1])
             reply.verified = reply.verified and reply.img1_is_real and reply.img2_is_real
@@ -137,8 +156,9 @@ class BackendServicer(pb_grpc.BackendServicer):
         return reply
 
     @face_rpc
-    def FaceAnalyze(self, engine, request, started):
+    def FaceAnalyze(self, engine, request, context, started):
         img = images.decode(request.img, "img")
+        still_wanted(context)
         reply = pb.FaceAnalyzeResponse()
         for res in engine.analyze(img, list(request.actions), request.anti_spoofing):
             item = reply.faces.add(region=_area(res.face), face_confidence=res.face.score)

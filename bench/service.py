@@ -76,12 +76,18 @@ class Service:
 
     def post_raw(self, route: str, content: bytes) -> Reply:
         """POSTs a ready JSON body (latency loops serialise theirs once, outside the timing)."""
+        return self.send("POST", route, content)
+
+    def get(self, route: str) -> Reply:
+        return self.send("GET", route)
+
+    def send(self, method: str, route: str, content: bytes | None = None) -> Reply:
         for attempt in (1, 2):
             conn = self._connection()
             started = time.perf_counter()
             try:
-                conn.request("POST", route, body=content,
-                             headers={"content-type": "application/json"})
+                conn.request(method, route, body=content,
+                             headers={"content-type": "application/json"} if content else {})
                 response = conn.getresponse()
                 data = response.read()
                 break

@@ -41,6 +41,11 @@ class Unauthenticated(FaceError):
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class Cancelled(FaceError):
+    """The caller cancelled the call (its HTTP client went away): the work stops early."""
+    grpc_code = grpc.StatusCode.CANCELLED
+
+
 class ModelLoadError(FaceError):
     """LoadModel could not build an engine; the message names the file or option."""
 

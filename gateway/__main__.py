@@ -5,6 +5,7 @@ Every option has an environment variable (FACE_*); a command-line option wins.
 running gateway instead (`face-gateway enroll --help`).
 """
 import argparse
+import functools
 import logging
 import os
 import pathlib
@@ -13,7 +14,8 @@ import sys
 import uvicorn
 
 from .app import create_app
-from .settings import Settings, pools_from_specs
+from .httpserver import guarded_protocol
+from .settings import Settings, default_max_concurrency, pools_from_specs
 
 
 def _env_flag(name: str) -> bool:
@@ -22,6 +24,13 @@ def _env_flag(name: str) -> bool:
 
 def _env_list(name: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def _env_option(parser: argparse.ArgumentParser, flag: str, env_name: str, kind, default,
+                help: str) -> None:
+    """An option whose default comes from an environment variable."""
+    parser.add_argument(flag, type=kind, default=kind(os.environ.get(env_name, default)),
+                        help=f"{help}; env {env_name}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,6 +74,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--url-timeout", type=float,
                    default=float(env("FACE_URL_TIMEOUT", Settings.url_timeout_s)),
                    help="seconds allowed to fetch an image URL; env FACE_URL_TIMEOUT")
+    limit = functools.partial(_env_option, p)
+    limit("--max-concurrency", "FACE_MAX_CONCURRENCY", int, default_max_concurrency(),
+          "image requests served at once; past it 503 + Retry-After (default 4 per core, "
+          "at least 8)")
+    limit("--max-inflight-bytes", "FACE_MAX_INFLIGHT_BYTES", int, Settings.max_inflight_bytes,
+          "request body bytes held at once over all requests; past it 503 + Retry-After")
+    limit("--body-timeout", "FACE_BODY_TIMEOUT", float, Settings.body_timeout_s,
+          "seconds allowed to receive a request body (408 past it)")
+    limit("--header-timeout", "FACE_HEADER_TIMEOUT", float, Settings.header_timeout_s,
+          "seconds allowed from connecting to complete request headers (408 past it)")
+    limit("--keep-alive-timeout", "FACE_KEEP_ALIVE_TIMEOUT", float,
+          Settings.keep_alive_timeout_s, "seconds an idle keep-alive connection stays open")
     p.add_argument("--backend-timeout", type=float,
                    default=float(env("FACE_BACKEND_TIMEOUT", Settings.backend_call_timeout_s)),
                    help="deadline of each backend call in seconds; env FACE_BACKEND_TIMEOUT")
@@ -80,6 +101,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         stores=tuple(args.stores or _env_list("FACE_STORES") or ["local-store"]),
         allow_private_urls=args.allow_private_urls, max_body_bytes=args.max_body_bytes,
         max_url_bytes=args.max_url_bytes, url_timeout_s=args.url_timeout,
+        max_concurrency=args.max_concurrency, max_inflight_bytes=args.max_inflight_bytes,
+        body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout,
+        keep_alive_timeout_s=args.keep_alive_timeout,
         backend_call_timeout_s=args.backend_timeout,
         auth_token=os.environ.get("LOCALAI_GRPC_AUTH_TOKEN") or None)
 
@@ -99,7 +123,9 @@ def main(argv=None) -> None:
     # A bounded graceful shutdown: requests still running after it get cut off, and the
     # lifespan then stops the backends.
     uvicorn.run(create_app(settings), host=args.host, port=args.port,
-                log_level=args.log_level.lower(), timeout_graceful_shutdown=30)
+                log_level=args.log_level.lower(), timeout_graceful_shutdown=30,
+                http=guarded_protocol(settings.header_timeout_s), ws="none",
+                timeout_keep_alive=settings.keep_alive_timeout_s)
 
 
 if __name__ == "__main__":

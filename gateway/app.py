@@ -19,12 +19,14 @@ from face_contract.similarity import confidence
 
 from . import openset
 from . import schemas as s
+from .admission import ConcurrencyLimitMiddleware
 from .backends import Backends
 from .bodylimit import BodyLimitMiddleware
 from .docs import drop_validation_422
 from .errors import error_response, install_error_handlers
 from .fetch import UrlFetcher
 from .images import image_b64
+from .jsonbody import OffLoopJsonRoute
 from .members import BackendError
 from .metrics import Metrics, MetricsMiddleware
 from .multipart import MultipartMiddleware, form_schema
@@ -40,11 +42,13 @@ class Gateway:
     fetcher: UrlFetcher
     metrics: Metrics
 
-    async def call(self, model: str, method: str, request, **renamed: str):
+    async def call(self, model: str, method: str, request, large: dict | None = None,
+                   **renamed: str):
         """A backend call whose error messages name the caller's fields, not the proto's:
-        `no face found in img`, not `... in Images[0]` (renamed: proto name -> caller's)."""
+        `no face found in img`, not `... in Images[0]` (renamed: proto name -> caller's).
+        `large`: the image fields, see Backends.call."""
         try:
-            return await self.backends.call(model, method, request)
+            return await self.backends.call(model, method, request, large)
         except BackendError as exc:
             message = str(exc)
             for proto, caller in renamed.items():
@@ -52,8 +56,9 @@ class Gateway:
             raise BackendError(exc.grpc_code, message) from None
 
     async def embedding(self, model: str, img: str, field: str = "img") -> list[float]:
-        request = pb.PredictOptions(Images=[await image_b64(img, field, self.fetcher)])
-        result = await self.call(model, "Embedding", request, **{"Images[0]": field})
+        image = await image_b64(img, field, self.fetcher)
+        result = await self.call(model, "Embedding", pb.PredictOptions(),
+                                 large={"Images": [image]}, **{"Images[0]": field})
         return list(result.embeddings)
 
 
@@ -62,8 +67,8 @@ async def gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 404, 412, 413, 500, 503)}
-api = APIRouter(responses=ERRORS)
+ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 404, 408, 412, 413, 500, 503)}
+api = APIRouter(responses=ERRORS, route_class=OffLoopJsonRoute)
 face = dict(response_model_exclude_none=True)
 
 
@@ -84,11 +89,12 @@ def _area(area: pb.FacialArea) -> s.FacialArea:
           openapi_extra=form_schema(s.VerifyRequest), **face)
 async def verify(body: s.VerifyRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
-    img1, img2 = await asyncio.gather(image_b64(body.img1, "img1", gw.fetcher),
-                                      image_b64(body.img2, "img2", gw.fetcher))
+    # One after the other: each check holds a decoded copy of its image for a moment.
+    img1 = await image_b64(body.img1, "img1", gw.fetcher)
+    img2 = await image_b64(body.img2, "img2", gw.fetcher)
     r = await gw.backends.call(model, "FaceVerify", pb.FaceVerifyRequest(
-        img1=img1, img2=img2, threshold=body.threshold or 0.0,
-        anti_spoofing=body.anti_spoofing))
+        threshold=body.threshold or 0.0, anti_spoofing=body.anti_spoofing),
+        large={"img1": img1, "img2": img2})
     liveness = {}
     if body.anti_spoofing:
         liveness = dict(
@@ -107,7 +113,7 @@ async def analyze(body: s.AnalyzeRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     img = await image_b64(body.img, "img", gw.fetcher)
     r = await gw.backends.call(model, "FaceAnalyze", pb.FaceAnalyzeRequest(
-        img=img, actions=body.actions or [], anti_spoofing=body.anti_spoofing))
+        actions=body.actions or [], anti_spoofing=body.anti_spoofing), large={"img": img})
     # proto3 cannot tell "not computed" from zero/empty; the backend leaves what it did
     # not compute empty, and a computed age is never exactly 0.
     return s.AnalyzeResponse(faces=[s.FaceAnalysis(
@@ -193,11 +199,13 @@ async def forget(body: s.ForgetRequest, gw: Gateway = Depends(gateway)):
 
 
 @api.get("/v1/face/registry", response_model=s.RegistryResponse, **face)
-async def registry(model: str | None = Query(None, examples=["insightface-opencv"]),
-                   store: str | None = Query(None, examples=["local-store"]),
-                   name: str | None = Query(None, examples=["Ann Lee"]),
+async def registry(model: str | None = Query(None, max_length=s.MAX_ID,
+                                             examples=["insightface-opencv"]),
+                   store: str | None = Query(None, max_length=s.MAX_ID, examples=["local-store"]),
+                   name: str | None = Query(None, max_length=s.MAX_NAME, examples=["Ann Lee"]),
                    limit: int = Query(100, ge=1, le=s.MAX_LIST_LIMIT, examples=[10]),
-                   offset: int = Query(0, ge=0, examples=[0]), gw: Gateway = Depends(gateway)):
+                   offset: int = Query(0, ge=0, le=s.MAX_LIST_OFFSET, examples=[0]),
+                   gw: Gateway = Depends(gateway)):
     chosen = require(gw.stores, store)
     filters = Filters(model=model, name=name)
     records = await asyncio.to_thread(chosen.list, filters, limit, offset)
@@ -211,11 +219,14 @@ async def registry(model: str | None = Query(None, examples=["insightface-opencv
 async def detection(body: s.DetectionRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     image = await image_b64(body.image, "image", gw.fetcher)
-    r = await gw.call(model, "Detect", pb.DetectOptions(
-        src=image, threshold=body.threshold or 0.0), src="image")
+    r = await gw.call(model, "Detect", pb.DetectOptions(threshold=body.threshold or 0.0),
+                      large={"src": image}, src="image")
+    # Past max_faces the most confident are kept, still in the backend's order (largest first).
+    best = sorted(r.Detections, key=lambda d: d.confidence, reverse=True)[:body.max_faces]
+    kept = [d for d in r.Detections if d in best]
     return s.DetectionResponse(detections=[s.Detection(
         x=_f(d.x), y=_f(d.y), width=_f(d.width), height=_f(d.height),
-        class_name=d.class_name or "face", confidence=_f(d.confidence)) for d in r.Detections])
+        class_name=d.class_name or "face", confidence=_f(d.confidence)) for d in kept])
 
 
 @api.get("/v1/models", response_model=s.ModelList, **face)
@@ -282,6 +293,11 @@ def create_app(settings: Settings) -> FastAPI:
     drop_validation_422(app)
     install_error_handlers(app)
     app.add_middleware(MultipartMiddleware, routes=FORM_ROUTES)  # inside the body limit
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       max_inflight_bytes=settings.max_inflight_bytes,
+                       body_timeout_s=settings.body_timeout_s)
+    # Outside the body limit: a request refused for concurrency is refused before its body is read.
+    app.add_middleware(ConcurrencyLimitMiddleware, routes=frozenset(FORM_ROUTES),
+                       max_concurrency=settings.max_concurrency)
     app.add_middleware(MetricsMiddleware, metrics=gw.metrics)  # added last: outermost
     return app

@@ -121,15 +121,16 @@ class Backends:
 
     # -- calls ----------------------------------------------------------------
 
-    async def call(self, name: str, method: str, request):
+    async def call(self, name: str, method: str, request, large: dict | None = None):
         """`method` on the least busy backend of the model's pool, with a deadline; retried once
-        on another member when the first is unavailable, or after a reload when it lost the model."""
+        on another member when the first is unavailable, or after a reload when it lost the model.
+        `large`: the request's image fields, see Member.call."""
         pool = self._pool(name)
         exclude: list[Member] = []
         for attempt in (1, 2):
             member = await self._member(pool, exclude)
             try:
-                return await member.call(method, request)
+                return await member.call(method, request, large)
             except grpc.aio.AioRpcError as exc:
                 error = member.failure(exc, method)
                 if attempt == 2:

@@ -29,25 +29,42 @@ def error_type(status: int) -> str:
     return HTTP_ERROR_TYPES.get(status, "invalid_request" if status < 500 else "internal")
 
 
-def error_response(status: int, message: str) -> JSONResponse:
+def error_response(status: int, message: str, retry_after_s: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
     return JSONResponse({"error": {"code": status, "message": message, "type": error_type(status)}},
-                        status_code=status)
+                        status_code=status, headers=headers)
+
+
+MAX_REPORTED_PROBLEMS = 5
+MAX_PROBLEM_CHARS = 200
+
+
+def _problem(err: dict) -> str:
+    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query")]
+    if err.get("type") == "json_invalid":
+        return f"malformed JSON: {err.get('ctx', {}).get('error', err.get('msg'))}"
+    if not loc:  # the body as a whole: not JSON-typed, or not an object
+        return ("the request body must be a JSON object sent with "
+                "Content-Type: application/json")
+    if err.get("type") == "missing":
+        return f"{'.'.join(loc)} is required"
+    # a validator's own message without pydantic's "Value error, " prefix
+    msg = err.get("ctx", {}).get("error") if err.get("type") == "value_error" else None
+    return f"{'.'.join(loc)}: {msg or err.get('msg')}"
 
 
 def _validation_message(exc: RequestValidationError) -> str:
+    """The first few problems, each cut short, and how many there were: a body with a
+    million bad items must not come back as a million-line error."""
+    errors = exc.errors()
     parts = []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query")]
-        if err.get("type") == "json_invalid":
-            parts.append(f"malformed JSON: {err.get('ctx', {}).get('error', err.get('msg'))}")
-        elif not loc:  # the body as a whole: not JSON-typed, or not an object
-            parts.append("the request body must be a JSON object sent with "
-                         "Content-Type: application/json")
-        elif err.get("type") == "missing":
-            parts.append(f"{'.'.join(loc)} is required")
-        else:  # a validator's own message without pydantic's "Value error, " prefix
-            msg = err.get("ctx", {}).get("error") if err.get("type") == "value_error" else None
-            parts.append(f"{'.'.join(loc)}: {msg or err.get('msg')}")
+    for err in errors[:MAX_REPORTED_PROBLEMS]:
+        text = _problem(err)
+        parts.append(text if len(text) <= MAX_PROBLEM_CHARS
+                     else text[:MAX_PROBLEM_CHARS - 3] + "...")
+    if len(errors) > MAX_REPORTED_PROBLEMS:
+        parts.append(f"and {len(errors) - MAX_REPORTED_PROBLEMS} more problems "
+                     f"({len(errors)} in all)")
     return "; ".join(parts) or "invalid request"
 
 

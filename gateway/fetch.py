@@ -4,7 +4,9 @@ Only http(s). Each hop's host is resolved here, every resolved address must be
 public (unless private URLs are allowed), and the request goes to the checked IP
 (Host header and TLS SNI keep the name), so a second DNS answer cannot swap in
 an internal address. Redirects are followed here, each one checked the same way.
-A total timeout and a byte cap bound the download.
+A total timeout and a byte cap bound the download. Nothing is decompressed: the
+request asks for `identity` and a response in any other Content-Encoding (a
+gzip bomb, stacked encodings) is refused, so the cap counts the bytes kept.
 """
 import asyncio
 import ipaddress
@@ -106,12 +108,18 @@ class UrlFetcher:
         return addresses[0]
 
     async def _read_capped(self, response: httpx.Response, field: str) -> bytes:
+        encodings = [e.strip().lower() for e in
+                     ",".join(response.headers.get_list("content-encoding")).split(",")]
+        if any(e not in ("", "identity") for e in encodings):
+            raise InvalidInput(f"{field}: the image URL answered with Content-Encoding "
+                               f"'{', '.join(e for e in encodings if e)}'; only uncompressed "
+                               f"(identity) responses are accepted")
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
             raise InvalidInput(f"{field}: the image at the URL is {declared} bytes, over the "
                                f"{self.max_bytes} byte limit")
         chunks, size = [], 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.aiter_raw():  # raw: never decoded here
             size += len(chunk)
             if size > self.max_bytes:
                 raise InvalidInput(f"{field}: the image at the URL is over the "

@@ -22,6 +22,7 @@ from face_contract.rpc import backend_pb2_grpc as pb_grpc
 from gallery.configs import ModelConfig
 
 from .settings import Settings
+from .wire import serialise
 
 log = logging.getLogger("gateway.backends")
 
@@ -34,6 +35,7 @@ CHANNEL_OPTIONS = [("grpc.max_send_message_length", MESSAGE_LIMIT),
                    ("grpc.min_reconnect_backoff_ms", 200),
                    ("grpc.max_reconnect_backoff_ms", 1000)]
 # Health is answered at once by a live backend, however busy: a short deadline finds hung ones.
+_SERVICE = pb.DESCRIPTOR.services_by_name["Backend"]
 HEALTH_TIMEOUT_S = 3.0
 STOP_GRACE_S = 10.0
 CLOSE_GRACE_S = 5.0
@@ -99,14 +101,21 @@ class Member:
 
     # -- calls ----------------------------------------------------------------
 
-    async def call(self, method: str, request):
-        """`method` with the call deadline; counted in `in_flight` while it runs."""
+    async def call(self, method: str, request, large: dict | None = None):
+        """`method` with the call deadline; counted in `in_flight` while it runs.
+
+        `large` holds the request's image fields: serialised on a thread (gateway.wire) and
+        sent as bytes, so a 48 MiB request does not hold the event loop."""
         request.ModelIdentity = self.identity
         self.in_flight += 1
         self.calls += 1
         try:
-            return await getattr(self.stub, method)(
-                request, timeout=self.settings.backend_call_timeout_s, metadata=self.metadata)
+            wire = await asyncio.to_thread(serialise, request, large or {})
+            reply = getattr(pb, _SERVICE.methods_by_name[method].output_type.name)
+            send = self.channel.unary_unary(f"/{_SERVICE.full_name}/{method}",
+                                            response_deserializer=reply.FromString)
+            return await send(wire, timeout=self.settings.backend_call_timeout_s,
+                              metadata=self.metadata)
         finally:
             self.in_flight -= 1
 

@@ -3,9 +3,9 @@
 Field names are those of the gRPC messages. Optional response fields are None
 when not computed and dropped from the JSON (routes use response_model_exclude_none).
 """
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from face_contract.errors import InvalidInput
 
@@ -15,10 +15,24 @@ MAX_LABEL_VALUE = 256
 MAX_NAME = 256
 MAX_TOP_K = 1000
 MAX_LIST_LIMIT = 1000
+MAX_LIST_OFFSET = 2**31 - 1
+MAX_ACTIONS = 8
+MAX_ACTION = 32
+MAX_ID = 256          # model, store and record ids
+DEFAULT_MAX_FACES = 100
+MAX_FACES = 1000
 MAX_REGISTER_IMAGES = 32
 
-ModelField = Field(None, description="installed model name; omitted: the gateway's default model")
-StoreField = Field(None, description="configured store name; omitted: local-store")
+ModelField = Field(None, max_length=MAX_ID,
+                   description="installed model name; omitted: the gateway's default model")
+StoreField = Field(None, max_length=MAX_ID,
+                   description="configured store name; omitted: local-store")
+# Cosine distances lie in [0, 2]: anything else, or not finite, is a 400. 0 keeps its
+# PROTOCOL.md meaning, the model's default, like an omitted threshold.
+DistanceThreshold = Field(None, ge=0, le=2, allow_inf_nan=False,
+                          description="cosine distance in (0, 2]; 0 or omitted: the model's "
+                                      "default")
+Action = Annotated[str, StringConstraints(max_length=MAX_ACTION)]
 ImageDoc = ("http(s) URL, data: URI or bare base64 image bytes (or, in a multipart/form-data "
             "request, the image file)")
 # The image fields, by the names callers send (a multipart upload's file parts).
@@ -39,8 +53,7 @@ class VerifyRequest(BaseModel):
     model: str | None = ModelField
     img1: str = Field(description=ImageDoc)
     img2: str = Field(description=ImageDoc)
-    threshold: float | None = Field(None, ge=0, description="cosine distance; 0 or omitted: "
-                                                            "the model's default")
+    threshold: float | None = DistanceThreshold
     anti_spoofing: bool = False
 
 
@@ -49,8 +62,9 @@ class AnalyzeRequest(BaseModel):
 
     model: str | None = ModelField
     img: str = Field(description=ImageDoc)
-    actions: list[str] | None = Field(None, description="attributes to compute (age, gender); "
-                                                        "omitted or empty: all supported")
+    actions: list[Action] | None = Field(
+        None, max_length=MAX_ACTIONS, description=f"attributes to compute (age, gender), at most "
+                                                  f"{MAX_ACTIONS}; omitted or empty: all supported")
     anti_spoofing: bool = False
 
 
@@ -116,8 +130,7 @@ class IdentifyRequest(BaseModel):
     model: str | None = ModelField
     img: str = Field(description=ImageDoc)
     top_k: int = Field(5, ge=1, le=MAX_TOP_K)
-    threshold: float | None = Field(None, ge=0, description="cosine distance; 0 or omitted: "
-                                                            "by match_policy")
+    threshold: float | None = DistanceThreshold  # 0 or omitted: by match_policy
     match_policy: Literal["threshold", "fpir"] | None = Field(
         None, description="threshold: the model's identify_threshold; fpir: a threshold derived "
                           "from the gallery size so that a stranger matches anyone with "
@@ -135,7 +148,7 @@ class IdentifyRequest(BaseModel):
 class ForgetRequest(BaseModel):
     model_config = example(id="5f0c6f1e-9b8d-4c43-a1e2-b7d9c0a4f6e1")
 
-    id: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=MAX_ID)
     store: str | None = StoreField
 
 
@@ -144,7 +157,11 @@ class DetectionRequest(BaseModel):
 
     model: str | None = ModelField
     image: str = Field(description=ImageDoc)
-    threshold: float | None = Field(None, ge=0, le=1, description="lowest confidence returned")
+    threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,
+                                    description="lowest confidence returned")
+    max_faces: int = Field(DEFAULT_MAX_FACES, ge=1, le=MAX_FACES,
+                           description=f"most faces returned, the most confident kept "
+                                       f"(at most {MAX_FACES})")
 
 
 # -- responses ------------------------------------------------------------------

@@ -1,7 +1,14 @@
 """Gateway configuration: one immutable object built by the CLI (or by tests)."""
 import dataclasses
+import os
 import pathlib
 import re
+
+def default_max_concurrency() -> int:
+    """Image requests served at once: a few per core keeps every core busy without a
+    queue that only adds memory and latency."""
+    return max(8, 4 * (os.cpu_count() or 1))
+
 
 STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BACKEND_SPEC = re.compile(r"^(?P<name>[^=\s]+)=(?P<addr>[^\s=]+:\d+)$")
@@ -23,6 +30,12 @@ class Settings:
     # Two fetched images, base64-encoded, must also fit one 50 MB gRPC message.
     max_url_bytes: int = 16 * 1024 * 1024
     url_timeout_s: float = 10.0
+    max_concurrency: int = dataclasses.field(default_factory=default_max_concurrency)
+    # Request bodies held at once over all requests: a few largest bodies' worth.
+    max_inflight_bytes: int = 256 * 1024 * 1024
+    body_timeout_s: float = 60.0     # to receive a whole request body
+    header_timeout_s: float = 10.0   # from connect (or the last response) to complete headers
+    keep_alive_timeout_s: float = 5.0
     backend_call_timeout_s: float = 60.0
     backend_start_timeout_s: float = 60.0
     backend_load_timeout_s: float = 300.0

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import zlib
 
 import uvicorn
@@ -29,14 +30,16 @@ def write_config(models_dir: pathlib.Path, name: str = "test-pack", options=None
 
 
 @contextlib.contextmanager
-def gateway_process(models_dir, data_dir, *args: str, env: dict | None = None):
-    """`python -m gateway` on a free port; yields (process, base URL); stops it (SIGTERM) after."""
+def gateway_process(models_dir, data_dir, *args: str, env: dict | None = None, stderr=None):
+    """`python -m gateway` on a free port; yields (process, base URL); stops it (SIGTERM) after.
+
+    `stderr` (a file) collects the log of the gateway and of the backends it starts."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port),
          "--models-dir", str(models_dir), "--data-dir", str(data_dir), "--log-level", "warning",
          *args],
-        cwd=ROOT, env={**os.environ, **(env or {})})
+        cwd=ROOT, env={**os.environ, **(env or {})}, stderr=stderr)
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ok(base_url, "/healthz", proc)
@@ -62,7 +65,8 @@ def app_server(app):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """GET /<name> serves files[name]; /redirect/<n>?to=URL answers 302; /slow sleeps."""
+    """GET /<name> serves files[name]; /redirect/<n>?to=URL answers 302; /slow sleeps;
+    /encoded/<Content-Encoding>/<name> serves files[name] as stored, labelled with that encoding."""
 
     def do_GET(self):
         server = self.server
@@ -85,6 +89,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 piece = body[start:start + 65536]
                 self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
             self.wfile.write(b"0\r\n\r\n")
+        elif path.startswith("/encoded/"):
+            encoding, _, name = path.removeprefix("/encoded/").partition("/")
+            body = server.files[name]
+            self.send_response(200)
+            self.send_header("Content-Encoding", urllib.parse.unquote(encoding))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif path.lstrip("/") in server.files:
             body = server.files[path.lstrip("/")]
             self.send_response(200)

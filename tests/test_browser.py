@@ -116,7 +116,7 @@ def test_the_page_verifies_registers_identifies_and_forgets(page, gateway):
     # An API error is shown as its message: a file that is no image.
     page.set_input_files("#analyze input[type=file]", FACES / "utkface" / "labels.csv")
     page.click("#analyze button[type=submit]")
-    assert "img could not be decoded" in page.wait_for_selector(
+    assert "img is not an image in an accepted format" in page.wait_for_selector(
         "#analyze .result.error").inner_text()
     page.set_input_files("#analyze input[type=file]", FACES / "silent_face" / "image_T1.jpg")
     page.check("#analyze input[name=anti_spoofing]")

@@ -1,5 +1,7 @@
 """The HTTP surface that needs no face model: errors, validation, model/store choice,
 registry listing, forget, metrics and docs. The app runs under uvicorn in this process."""
+import base64
+
 import httpx
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ import pytest
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.store import LocalStore, Record
-from gateway_support import app_server, write_config
+from gateway_support import app_server, png_header_only, write_config
 from support import free_port
 
 # A port nothing listens on: the external backend of model `down` is unreachable.
@@ -112,7 +114,8 @@ def test_bad_base64_is_400_before_any_backend(api):
 
 
 def test_unreachable_backend_is_503_quickly(api):
-    err = error_of(api.post("/v1/face/embed", json={"model": "down", "img": "aGVsbG8="}),
+    header_only = base64.b64encode(png_header_only(32, 32)).decode()  # passes the gateway's checks
+    err = error_of(api.post("/v1/face/embed", json={"model": "down", "img": header_only}),
                    503, "'down'", "unavailable")
     assert err["type"] == "unavailable"
     ready = api.get("/readyz")
@@ -188,3 +191,80 @@ def test_health_and_openapi_docs(api):
     assert set(schemas["RegisterRequest"]["required"]) == {"name"}  # and one of img / imgs
     assert {"img", "imgs", "template"} <= set(schemas["RegisterRequest"]["properties"])
     assert api.get("/docs").status_code == 200
+
+
+def raw_post(api, route: str, text: str):
+    """A JSON body sent as written: escapes like \\ud800 reach the gateway's parser."""
+    return api.post(route, content=text.encode(), headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("route, body, field", [
+    ("/v1/face/register", '{"img": "x", "name": "a\\ud800b"}', "name"),
+    ("/v1/face/register", '{"img": "x", "name": "a", "labels": {"k": "\\udfff"}}', "labels.k"),
+    ("/v1/face/register", '{"img": "x", "name": "a", "labels": {"\\ud800": "v"}}',
+     "labels.\\ud800"),  # the key, escaped
+    ("/v1/face/embed", '{"img": "\\ud83d"}', "img"),
+    ("/v1/face/embed", '{"img": "x", "model": "\\ud800"}', "model"),
+    ("/v1/face/identify", '{"img": "x", "store": "\\ud800"}', "store"),
+    ("/v1/face/forget", '{"id": "\\udc00"}', "id"),
+    ("/v1/face/analyze", '{"img": "x", "actions": ["age", "\\ud800"]}', "actions.1"),
+])
+def test_lone_surrogates_are_400_naming_the_field(api, route, body, field):
+    error_of(raw_post(api, route, body), 400, f"{field}: is not valid UTF-8")
+
+
+def test_undecodable_and_deeply_nested_bodies_are_400(api):
+    error_of(api.post("/v1/face/forget", content=b'{"id": "\xff\xfe"}',
+                      headers={"content-type": "application/json"}), 400, "malformed JSON")
+    error_of(raw_post(api, "/v1/face/forget", "[" * 50_000), 400, "malformed JSON", "recursion")
+
+
+def test_valid_non_ascii_text_is_accepted(api):
+    error_of(raw_post(api, "/v1/face/forget", '{"id": "\\ud83d\\ude00 caf\\u00e9"}'), 404, "café")
+
+
+@pytest.mark.parametrize("route, body, field", [
+    ("/v1/face/verify", '{"img1": "a", "img2": "b", "threshold": NaN}', "threshold"),
+    ("/v1/face/verify", '{"img1": "a", "img2": "b", "threshold": Infinity}', "threshold"),
+    ("/v1/face/verify", '{"img1": "a", "img2": "b", "threshold": 1e400}', "threshold"),
+    ("/v1/face/verify", '{"img1": "a", "img2": "b", "threshold": -0.0001}', "threshold"),
+    ("/v1/face/verify", '{"img1": "a", "img2": "b", "threshold": 2.5}', "threshold"),
+    ("/v1/face/identify", '{"img": "a", "threshold": -0.1}', "threshold"),
+    ("/v1/face/identify", '{"img": "a", "top_k": 1001}', "top_k"),
+    ("/v1/face/identify", '{"img": "a", "top_k": 18446744073709551617}', "top_k"),
+    ("/v1/detection", '{"image": "a", "threshold": 1.5}', "threshold"),
+    ("/v1/detection", '{"image": "a", "threshold": NaN}', "threshold"),
+    ("/v1/detection", '{"image": "a", "max_faces": 0}', "max_faces"),
+    ("/v1/detection", '{"image": "a", "max_faces": 1001}', "max_faces"),
+    ("/v1/face/analyze", '{"img": "a", "actions": ["age","age","age","age","age","age","age",'
+                         '"age","age"]}', "actions"),
+    ("/v1/face/analyze", '{"img": "a", "actions": ["' + "a" * 33 + '"]}', "actions.0"),
+    ("/v1/face/forget", '{"id": "' + "i" * 257 + '"}', "id"),
+    ("/v1/face/embed", '{"img": "a", "model": "' + "m" * 257 + '"}', "model"),
+])
+def test_numbers_and_lists_out_of_range_are_400(api, route, body, field):
+    error_of(raw_post(api, route, body), 400, f"{field}:")
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"offset": 2**31}, "offset"), ({"offset": -1}, "offset"), ({"limit": 0}, "limit"),
+    ({"limit": 1001}, "limit"), ({"limit": "1e3"}, "limit"), ({"name": "n" * 257}, "name"),
+    ({"model": "m" * 257}, "model"),
+])
+def test_registry_query_out_of_range_is_400(api, params, field):
+    error_of(api.get("/v1/face/registry", params=params), 400, f"{field}:")
+
+
+def test_largest_offset_is_an_empty_page_not_an_error(api):
+    page = api.get("/v1/face/registry", params={"offset": 2**31 - 1}).json()
+    assert page["items"] == [] and page["total"] == 5
+
+
+def test_validation_errors_are_summarised_not_echoed(api):
+    bad = api.post("/v1/face/register", json={
+        "img": ["x" * 15_000] * 3, "name": 7, "model": ["y" * 15_000], "store": 1,
+        "labels": {"z" * 15_000: 1, "b": 2, "c": 3}})
+    message = error_of(bad, 400, "img", "and 2 more problems (7 in all)")
+    assert len(message) < 1500 and "z" * 300 not in message
+    actions = api.post("/v1/face/analyze", json={"img": "a", "actions": list(range(8))})
+    assert error_of(actions, 400, "actions.0", "and 3 more problems (8 in all)")

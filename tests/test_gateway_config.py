@@ -42,6 +42,23 @@ def test_defaults_without_env(monkeypatch):
     assert settings.max_body_bytes == 48 * 1024 * 1024
 
 
+def test_limit_options_from_env_and_the_command_line(monkeypatch):
+    monkeypatch.setenv("FACE_MAX_CONCURRENCY", "3")
+    monkeypatch.setenv("FACE_MAX_INFLIGHT_BYTES", "5000")
+    monkeypatch.setenv("FACE_BODY_TIMEOUT", "7.5")
+    monkeypatch.setenv("FACE_KEEP_ALIVE_TIMEOUT", "2")
+    settings = settings_from(parse_args(["--header-timeout", "4", "--max-concurrency", "9"]))
+    assert settings.max_concurrency == 9 and settings.max_inflight_bytes == 5000
+    assert settings.body_timeout_s == 7.5 and settings.header_timeout_s == 4
+    assert settings.keep_alive_timeout_s == 2
+
+
+def test_concurrency_default_follows_the_core_count(monkeypatch):
+    monkeypatch.delenv("FACE_MAX_CONCURRENCY", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert settings_from(parse_args([])).max_concurrency == 64
+
+
 @pytest.mark.parametrize("spec", ["nohost", "a=host", "a=host:port", "=h:1"])
 def test_bad_backend_specs(spec):
     with pytest.raises(ValueError, match="NAME=HOST:PORT"):
