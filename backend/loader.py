@@ -157,6 +157,19 @@ def _default_threshold(engine: str, recognizer_stem: str) -> float:
     return FALLBACK_THRESHOLD
 
 
+def check_identify_options(options: dict) -> None:
+    """identify_threshold, match_policy and fpir are the gateway's (identify runs there), but a
+    config is loaded here first: a malformed one fails LoadModel instead of every identify."""
+    if "identify_threshold" in options and not _number(options, "identify_threshold", 0) > 0:
+        raise ModelLoadError(f"option identify_threshold:{options['identify_threshold']} must be "
+                             f"a cosine distance above 0")
+    if options.get("match_policy", "threshold") not in ("threshold", "fpir"):
+        raise ModelLoadError(f"option match_policy:{options['match_policy']} is unknown: use "
+                             f"threshold or fpir")
+    if "fpir" in options and not 0 < _number(options, "fpir", 0) < 1:
+        raise ModelLoadError(f"option fpir:{options['fpir']} must be a rate between 0 and 1")
+
+
 def warm_up(engine: FaceEngine) -> None:
     """Every model and the image decoder once, so the first request is not the slow one.
 
@@ -184,6 +197,7 @@ def warm_up(engine: FaceEngine) -> None:
 def build_engine(name: str, model_path: str, option_items, cuda: bool = False,
                  threads: int = 0) -> FaceEngine:
     options = parse_options(option_items)
+    check_identify_options(options)
     engine_kind = options.setdefault("engine", "insightface")
     resolve = _Resolver(model_path, options)
     use_cuda = cuda or options.get("cuda", "").lower() in TRUE_WORDS

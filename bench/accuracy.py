@@ -1,9 +1,11 @@
 """`python -m bench.accuracy` (`make bench-accuracy`): how right the service is, through HTTP.
 
 On ../shared/faces: LFW verification (LFW protocol over the 5 folds present, TAR at
-FAR, EER), 1:N rank-1 per photo set, liveness APCER/BPCER, UTKFace gender and age;
+FAR, EER), 1:N rank-1 per photo set, open-set 1:N (FNIR at FPIR, FPIR at the default
+identify threshold, bench/openset.py), liveness APCER/BPCER, UTKFace gender and age;
 beside them, on LFW fold 1, the verify endpoint, the same pipeline in-process and
-the face_recognition peer. Writes bench/results/accuracy.{md,json}, roc.png, distances.png.
+the face_recognition peer. Writes bench/results/accuracy.{md,json}, roc.png, distances.png,
+det.png.
 """
 import argparse
 import datetime
@@ -13,8 +15,9 @@ import time
 
 import numpy as np
 
-from . import metrics, peer, report
-from .datasets import Pair, b64, identities, labels, lfw_pairs, require_shared
+from . import metrics, openset, peer, report
+from .datasets import (Pair, b64, identities, labelled_faces, labels, lfw_pairs,
+                       people_in_fixed_order, require_shared)
 from .pipeline import DEFAULT_THRESHOLD, PACK_NAME, Pipeline, PipelineError
 from .progress import track_map
 from .service import Reply, Service, running_gateway
@@ -27,6 +30,7 @@ ADULT_AGES = (18, 60)  # inclusive, for the UTKFace rows of adults only
 TOO_TIGHT = "cropped too tightly"
 QUICK_PAIR_STEP = 5  # --quick: every 5th pair of each fold
 QUICK_LFW_IDENTITIES = 30
+QUICK_OPENSET_PEOPLE = 400  # --quick: the first people of the fixed order
 
 
 # -- LFW verification -----------------------------------------------------------------
@@ -235,9 +239,25 @@ def comparison(pairs: list[Pair], replies: list[Reply], service_distances: np.nd
     }
 
 
+def open_set(vectors: dict, people, identify_threshold: float) -> tuple[dict, dict]:
+    """(results for accuracy.json, DET curves by gallery size)."""
+    found = openset.evaluate(vectors, people, identify_threshold, DEFAULT_THRESHOLD)
+    by_n = {str(row["N"]): row for row in found["rows"]}
+    return {"openset_by_n": found["rows"], "openset_identify_threshold": identify_threshold,
+            **{name: {n: row[key] for n, row in by_n.items()} for name, key in (
+                ("openset_fnir_at_fpir_1e-2", "fnir_at_fpir_0.01"),
+                ("openset_fnir_at_fpir_1e-3", "fnir_at_fpir_0.001"))},
+            "openset_fpir_at_default": {n: row["fpir_at_identify_threshold"]
+                                        for n, row in by_n.items()}}, found["curves"]
+
+
 def goals(r: dict) -> list[dict]:
     c = r["comparison"]
-    out = [report.goal("verification accuracy through HTTP no lower than in-process "
+    worst = max(r["openset_fpir_at_default"].items(), key=lambda kv: kv[1])
+    out = [report.goal("never-enrolled probes matched at the default identify threshold: at "
+                       "most 1% at every gallery size", worst[1] <= 0.01,
+                       f"at most {report.pct(worst[1])} (N = {worst[0]})"),
+           report.goal("verification accuracy through HTTP no lower than in-process "
                        f"({c['sample']}, default threshold)",
                        c["verify_endpoint_accuracy"] >= c["inprocess_accuracy"],
                        f"{report.pct(c['verify_endpoint_accuracy'])} vs "
@@ -267,11 +287,17 @@ def main(argv=None) -> None:
         pairs = pairs[::QUICK_PAIR_STEP]
     fold = [p for p in pairs if p.fold == COMPARISON_FOLD]
     galleries = identity_galleries(args.quick)
+    people = people_in_fixed_order(labelled_faces())
+    if args.quick:
+        people = people[:QUICK_OPENSET_PEOPLE]
+    people_photos = {p for _, photos in people for p in photos}
     print(f"{len(pairs)} LFW pairs over {len(unique_files(pairs))} images; starting the gateway")
     with running_gateway(stores=IDENTITY_SETS) as svc:
-        vectors = embed_images(svc, unique_files(pairs), args.workers)
+        vectors = embed_images(svc, unique_files(pairs) | people_photos, args.workers)
         replies = verify_pairs(svc, fold, args.workers)
         found = identification(svc, galleries, args.workers)
+        identify_threshold = svc.post("/v1/face/identify", img=b64(fold[0].file1), top_k=1,
+                                      store="lfw_grey").expect("identify").body["threshold"]
         live = liveness(svc, args.workers)
         attrs = age_gender(svc, args.workers)
     distances = cosine_distances(pairs, vectors)
@@ -279,17 +305,20 @@ def main(argv=None) -> None:
     results = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(), "quick": args.quick, "model": PACK_NAME,
-        "default_threshold": DEFAULT_THRESHOLD, "lfw_images": len(vectors),
-        "lfw_no_face_images": sum(v is None for v in vectors.values()),
+        "default_threshold": DEFAULT_THRESHOLD, "lfw_images": len(unique_files(pairs)),
+        "lfw_no_face_images": sum(vectors[p] is None for p in unique_files(pairs)),
         **verification(distances, pairs, DEFAULT_THRESHOLD), **found, **live, **attrs,
         "comparison": comparison(fold, replies, fold_distances, args.workers),
     }
+    open_results, det_curves = open_set(vectors, people, identify_threshold)
+    results.update(open_results)
     c = results["comparison"]
     results.update(peer_lfw_accuracy=c["peer_accuracy"], peer_sample=c["sample"],
                    service_accuracy_on_peer_sample=c["verify_endpoint_accuracy"])
     results["goals"] = goals(results)
     results["seconds"] = time.monotonic() - started
-    written = report.write_accuracy_report(args.out, results, distances, [p.same for p in pairs])
+    written = report.write_accuracy_report(args.out, results, distances, [p.same for p in pairs],
+                                           det_curves)
     print()
     print(report.accuracy_markdown(results))
     print("wrote " + ", ".join(str(w) for w in written))

@@ -121,6 +121,49 @@ def plot_distances(path: pathlib.Path, distances, same, default_threshold: float
     return path
 
 
+def plot_det(path: pathlib.Path, curves: dict, rows: list[dict]) -> pathlib.Path:
+    """FNIR against FPIR per gallery size, log-log, with the default identify threshold marked."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for row in rows:
+        x, y = curves[row["N"]]
+        floor = 1 / (2 * row["non_mated_probes"])  # FPIR 0 cannot sit on a log axis
+        line, = ax.plot(np.maximum(x, floor), np.maximum(y, 1e-4), lw=1.5,
+                        label=f"N = {row['N']}")
+        ax.plot([max(row["fpir_at_identify_threshold"], floor)],
+                [max(row["fnir_at_identify_threshold"], 1e-4)], "s", color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("FPIR (never-enrolled probes matched to someone)")
+    ax.set_ylabel("FNIR (enrolled probes missed at rank 1)")
+    ax.set_title(f"Open-set DET; squares: identify threshold {rows[0]['identify_threshold']:.3f}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def openset_markdown(r: dict) -> list[str]:
+    rows = r["openset_by_n"]
+    return [
+        "## Open-set identification (FRVT 1:N style)", "",
+        "Every labelled person of ../shared/faces: enrolled people (one photo in the gallery, "
+        "their other photos as mated probes), one-photo distractors in the gallery, and "
+        "never-enrolled people (one non-mated probe each); `bench/openset.py` has the protocol. "
+        "FNIR: a mated probe's nearest face is not its mate or is beyond the threshold; FPIR: a "
+        "non-mated probe's nearest face is within it. With ~1,000 non-mated probes, FPIR 0.1% "
+        "rests on one probe.", "",
+        table(["N (gallery)", "mated / non-mated probes", "FNIR at FPIR 1%", "FNIR at FPIR 0.1%",
+               f"FPIR at identify threshold {rows[0]['identify_threshold']:.3f}",
+               f"FNIR there", f"FPIR at verify threshold {rows[0]['verify_threshold']:g}"], [
+            [x["N"], f"{x['mated_probes']} / {x['non_mated_probes']}", pct(x["fnir_at_fpir_0.01"]),
+             pct(x["fnir_at_fpir_0.001"]), pct(x["fpir_at_identify_threshold"]),
+             pct(x["fnir_at_identify_threshold"]), pct(x["fpir_at_verify_threshold"])]
+            for x in rows]),
+        "", "DET curves: `det.png`.", ""]
+
+
 # -- accuracy -----------------------------------------------------------------------
 
 def accuracy_markdown(r: dict) -> str:
@@ -184,7 +227,8 @@ def accuracy_markdown(r: dict) -> str:
         "",
         "One photo per identity registered (the first by file name), every other photo of it "
         "identified; one store per photo set. Rank-1: the nearest record is the right person; "
-        "matched: also within the default threshold.",
+        "matched: also within identify's default threshold (stricter than verify's: see the "
+        "open-set section).",
         "",
         table(["set", "identities", "probes", "rank-1", "matched", "no face"], [
             [name, s["identities"], s["probes"], pct(s["rank1"]), pct(s["matched"]), s["no_face"]]
@@ -193,6 +237,7 @@ def accuracy_markdown(r: dict) -> str:
               sum(s["probes"] for s in r["rank1_by_set"].values()), pct(r["rank1"]),
               pct(r["rank1_matched"]), sum(s["no_face"] for s in r["rank1_by_set"].values())]]),
         "",
+        *openset_markdown(r),
         "## Liveness (`/v1/face/analyze` with `anti_spoofing`)",
         "",
         "APCER: spoofs accepted as real; BPCER: real faces refused. Refused: the backend's 400 "
@@ -230,11 +275,12 @@ def accuracy_markdown(r: dict) -> str:
 
 
 def write_accuracy_report(out_dir: pathlib.Path, results: dict, distances,
-                          same) -> list[pathlib.Path]:
+                          same, det_curves: dict) -> list[pathlib.Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "accuracy.md"
     md.write_text(accuracy_markdown(results))
     return [md, write_json(out_dir / "accuracy.json", results),
+            plot_det(out_dir / "det.png", det_curves, results["openset_by_n"]),
             plot_roc(out_dir / "roc.png", distances, same, results["default_threshold"]),
             plot_distances(out_dir / "distances.png", distances, same,
                            results["default_threshold"], results["lfw_eer_threshold"])]

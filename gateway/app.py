@@ -18,7 +18,7 @@ from face_contract.errors import InvalidInput, NotFound
 from face_contract.rpc import backend_pb2 as pb
 from face_contract.similarity import confidence
 
-from . import auth
+from . import auth, openset
 from . import schemas as s
 from .admission import ConcurrencyLimitMiddleware
 from .backends import Backends
@@ -183,16 +183,24 @@ def _add_all(store: VectorStore, records: list[Record]) -> None:
 async def identify(body: s.IdentifyRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     store = require(gw.stores, body.store)
+    decision = await asyncio.to_thread(
+        openset.decide, gw.backends.config(model), model, body.threshold,
+        body.match_policy, body.fpir, lambda: store.counts_by_model().get(model, 0))
     vector = await gw.embedding(model, body.img)
-    threshold = body.threshold or gw.backends.threshold(model)
-    nearest = await asyncio.to_thread(store.search, model, vector, body.top_k)
+    if body.group_by == "name":
+        nearest = await asyncio.to_thread(openset.nearest_people, store, model, vector, body.top_k)
+    else:
+        nearest = await asyncio.to_thread(store.search, model, vector, body.top_k)
+    threshold = decision.threshold
     matches = []
     for rec, distance in nearest:
         distance = _f(distance)  # the float32 the store computed, shown as such
         matches.append(s.IdentifyMatch(
             id=rec.id, name=rec.name, labels=rec.labels, distance=distance,
             confidence=confidence(distance, threshold), match=distance <= threshold))
-    return s.IdentifyResponse(matches=matches)
+    return s.IdentifyResponse(
+        matches=matches, threshold=_f(threshold), match_policy=decision.policy,
+        threshold_source=decision.source, fpir=decision.fpir, gallery_size=decision.gallery_size)
 
 
 @api.post("/v1/face/forget", status_code=204, response_class=Response)

@@ -100,9 +100,6 @@ class Backends:
                            f"{', '.join(self.names()) or 'none'})")
         return name
 
-    def threshold(self, name: str) -> float:
-        return default_threshold(self.config(name))
-
     def describe(self) -> list[dict]:
         out = []
         for name in self.names():

@@ -130,7 +130,18 @@ class IdentifyRequest(BaseModel):
     model: str | None = ModelField
     img: str = Field(description=ImageDoc)
     top_k: int = Field(5, ge=1, le=MAX_TOP_K)
-    threshold: float | None = DistanceThreshold
+    threshold: float | None = DistanceThreshold  # 0 or omitted: by match_policy
+    match_policy: Literal["threshold", "fpir"] | None = Field(
+        None, description="threshold: the model's identify_threshold; fpir: a threshold derived "
+                          "from the gallery size so that a stranger matches anyone with "
+                          "probability `fpir`; omitted: the model's match_policy option, else "
+                          "fpir when `fpir` is given, else threshold")
+    fpir: float | None = Field(None, gt=0, lt=1, description="target false-positive "
+                               "identification rate of match_policy fpir (default: the model's "
+                               "fpir option, else 0.01)")
+    group_by: Literal["name"] | None = Field(
+        None, description="name: one match per person (their nearest face), so a person "
+                          "enrolled with many photos does not fill the top_k alone")
     store: str | None = StoreField
 
 
@@ -223,6 +234,15 @@ class IdentifyMatch(BaseModel):
 
 class IdentifyResponse(BaseModel):
     matches: list[IdentifyMatch]
+    threshold: float = Field(description="the cosine distance `match` was decided with")
+    match_policy: Literal["threshold", "fpir"]
+    threshold_source: Literal["request", "identify_threshold", "calibration", "verify_threshold",
+                              "fpir"] = Field(
+        description="request; the model's identify_threshold option; its recognizer's calibrated "
+                    "default; its verify threshold (recognizer not calibrated); or derived for fpir")
+    fpir: float | None = Field(None, description="match_policy fpir: the target it was derived for")
+    gallery_size: int | None = Field(None, description="match_policy fpir: faces of this model "
+                                                       "in the store it was derived for")
 
 
 class Detection(BaseModel):

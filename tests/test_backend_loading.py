@@ -58,6 +58,10 @@ def test_rpcs_before_load_model_fail_precondition(server):
      ["detector_onnx", "YuNet"]),
     (["det_thresh:high"], ["det_thresh"]),
     (["novalue"], ["novalue", "key:value"]),
+    (["identify_threshold:strict"], ["identify_threshold:strict", "not a number"]),
+    (["identify_threshold:0"], ["identify_threshold:0", "above 0"]),
+    (["match_policy:fpr"], ["match_policy:fpr", "threshold or fpir"]),
+    (["fpir:2"], ["fpir:2", "between 0 and 1"]),
 ])
 def test_failed_load_names_the_problem_and_keeps_serving(server, tmp_path, options, words):
     result = server.LoadModel(pb.ModelOptions(Model="broken", ModelPath=str(tmp_path), Options=options))

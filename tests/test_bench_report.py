@@ -6,8 +6,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from bench import metrics, report
-from bench.accuracy import verification
+from bench import metrics, openset, report
+from bench.accuracy import open_set, verification
 from bench.datasets import Pair
 
 # Overlapping on purpose: one genuine pair far (0.6), one impostor pair near (0.4).
@@ -63,6 +63,44 @@ def test_liveness_rates_and_latency_summary():
     assert metrics.mean_absolute_error([10, 20], [13, 18]) == 2.5
 
 
+def open_set_people(n_people: int = 12):
+    """People with orthogonal base vectors; photos are their base plus a little noise.
+
+    Every third person's vector is a near copy of the previous person's (a look-alike), so a
+    threshold above their distance lets strangers match.
+    """
+    rng = np.random.default_rng(1)
+    vectors, people = {}, []
+    for i in range(n_people):
+        base = np.eye(n_people)[i] if i % 3 else np.eye(n_people)[max(i - 1, 0)] * 0.8 + \
+            np.eye(n_people)[i] * 0.6
+        photos = [pathlib.Path(f"p{i}_{k}") for k in range(1 + i % 2)]
+        for photo in photos:
+            v = base + rng.normal(scale=0.01, size=n_people)
+            vectors[photo] = v / np.linalg.norm(v)
+        people.append((f"p{i}", photos))
+    return vectors, people
+
+
+def test_open_set_split_and_rates():
+    vectors, people = open_set_people()
+    gallery, mated, non_mated = openset.split(people)
+    # one-photo people alternate gallery / never enrolled, and so do the others
+    assert [n for n, _ in gallery] == ["p0", "p1", "p4", "p5", "p8", "p9"]
+    assert [n for n, _ in mated] == ["p1", "p5", "p9"]
+    assert [p.name for p in non_mated] == ["p2_0", "p3_0", "p6_0", "p7_0", "p10_0", "p11_0"]
+    found = openset.evaluate(vectors, people, identify_threshold=0.1, verify_threshold=0.74)
+    (row,) = found["rows"]  # fewer than 100 gallery entries: only "all"
+    assert (row["N"], row["mated_probes"], row["non_mated_probes"]) == (6, 3, 6)
+    assert row["fnir_at_identify_threshold"] == 0 and row["fpir_at_identify_threshold"] == 0
+    # p3 and p6 are look-alikes of p2 / p5 (0.8 shared): p6 matches p5 at 0.74, p3 does not
+    # have its twin p2 in the gallery
+    assert row["fpir_at_verify_threshold"] == pytest.approx(1 / 6)
+    assert row["fnir_at_fpir_0.01"] == 0
+    fpir, fnir = found["curves"][6]
+    assert fpir[0] == 0 and np.all(np.diff(fpir) >= 0) and np.all(np.diff(fnir) <= 0)
+
+
 def accuracy_results(distances, pairs) -> dict:
     ident = {"identities": 3, "unregistered": 0, "probes": 4, "no_face": 0, "rank1": 0.75,
              "matched": 0.5, "hits": 3, "hits_matched": 2}
@@ -88,6 +126,7 @@ def accuracy_results(distances, pairs) -> dict:
                        "peer_no_face": 0, "peer_skipped": "not installed"},
         "peer_lfw_accuracy": None, "goals": [report.goal("as good as in-process", True, "1 vs 1")],
         "seconds": 1.0,
+        **open_set(*open_set_people(), identify_threshold=0.1)[0],
     }
 
 
@@ -97,10 +136,12 @@ def test_accuracy_report_files(tmp_path: pathlib.Path):
     distances = np.array(DISTANCES * 2)
     distances[0] = metrics.NO_FACE_DISTANCE  # a pair whose image had no face
     results = accuracy_results(distances, pairs)
-    written = report.write_accuracy_report(tmp_path, results, distances, [p.same for p in pairs])
-    assert sorted(p.name for p in written) == ["accuracy.json", "accuracy.md", "distances.png",
-                                               "roc.png"]
-    for png in ("roc.png", "distances.png"):
+    curves = open_set(*open_set_people(), identify_threshold=0.1)[1]
+    written = report.write_accuracy_report(tmp_path, results, distances, [p.same for p in pairs],
+                                           curves)
+    assert sorted(p.name for p in written) == ["accuracy.json", "accuracy.md", "det.png",
+                                               "distances.png", "roc.png"]
+    for png in ("roc.png", "distances.png", "det.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((tmp_path / "accuracy.json").read_text())
     assert data["lfw_pairs"] == 16 and data["lfw_impostor_pairs"] == 8
@@ -108,8 +149,11 @@ def test_accuracy_report_files(tmp_path: pathlib.Path):
     assert data["lfw_accuracy_at_default_threshold"] == 11 / 16
     assert data["liveness_by_set"]["liveness_opencv_frames"]["apcer"] is None  # NaN as null
     assert data["peer_lfw_accuracy"] is None and data["cpu_count"] == 2
+    assert data["openset_fpir_at_default"] == {"6": 0.0}
+    assert data["openset_fnir_at_fpir_1e-2"] == {"6": 0.0}
     md = (tmp_path / "accuracy.md").read_text()
     assert "68.75%" in md and "not installed" in md and "| PASS |" in md
+    assert "| 6 | 3 / 6 | 0.00% | 0.00% | 0.00% | 0.00% | 16.67% |" in md
     assert "| liveness_opencv_frames | 0 |" in md and "| adults 18-60 (2) | 100.00% | 3.0 |" in md
 
 

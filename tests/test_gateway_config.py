@@ -129,7 +129,7 @@ def test_bad_store_configuration(tmp_path, stores, default, message):
     (["engine:insightface", "recognizer_onnx:custom.onnx"], 0.35),
     ([], 0.35),
 ])
-def test_default_identify_threshold(tmp_path, options, threshold):
+def test_default_verify_threshold(tmp_path, options, threshold):
     assert default_threshold(read_config(write_config(tmp_path, "m", options))) == threshold
 
 

@@ -125,7 +125,12 @@ def test_route_json_matches_protocol(gw):
                                                 "labels": {"role": "schema"}}))
     assert_shape(reg, {"id": str, "name": str, "registered_at": str})
     assert_shape(ok(gw.post("/v1/face/identify", json={"img": img, "top_k": 1})),
-                 {"matches": [MATCH]})
+                 {"matches": [MATCH], "threshold": float, "match_policy": str,
+                  "threshold_source": str})
+    assert_shape(ok(gw.post("/v1/face/identify", json={"img": img, "top_k": 1,
+                                                       "match_policy": "fpir"})),
+                 {"matches": [MATCH], "threshold": float, "match_policy": str,
+                  "threshold_source": str, "fpir": float, "gallery_size": int})
     listing = ok(gw.get("/v1/face/registry", params={"name": "shape-check"}))
     assert_shape(listing, {"items": [ITEM], "total": int})
     ok(gw.post("/v1/face/forget", json={"id": reg["id"]}), 204)
@@ -199,10 +204,15 @@ def test_identification_accuracy_on_lfw(gw):
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         regs = list(pool.map(lambda n: ok(gw.post("/v1/face/register", json={
             "img": b64(people[n][0]), "name": n, "labels": {"set": "lfw"}})), known))
-        probes = list(pool.map(lambda n: ok(gw.post("/v1/face/identify", json={
-            "img": b64(people[n][1])}))["matches"], known))
-        stranger_probes = list(pool.map(lambda n: ok(gw.post("/v1/face/identify", json={
-            "img": b64(people[n][0])}))["matches"], strangers))
+        answers = list(pool.map(lambda n: ok(gw.post("/v1/face/identify", json={
+            "img": b64(people[n][1])})), known))
+        stranger_answers = list(pool.map(lambda n: ok(gw.post("/v1/face/identify", json={
+            "img": b64(people[n][0])})), strangers))
+    probes = [a["matches"] for a in answers]
+    stranger_probes = [a["matches"] for a in stranger_answers]
+    # No threshold asked for: the pack's calibrated identify threshold, stricter than verify's.
+    threshold = answers[0]["threshold"]
+    assert threshold < 0.74 and answers[0]["threshold_source"] == "calibration"
     assert [r["name"] for r in regs] == known
     hits = sum(bool(m) and m[0]["name"] == n for n, m in zip(known, probes))
     rank1 = hits / len(known)
@@ -214,9 +224,9 @@ def test_identification_accuracy_on_lfw(gw):
         distances = [m["distance"] for m in matches]
         assert distances == sorted(distances)
         for m in matches:
-            assert m["match"] == (m["distance"] <= 0.74)
+            assert m["match"] == (m["distance"] <= threshold)
             assert m["confidence"] == pytest.approx(
-                min(max((1 - m["distance"] / 0.74) * 100, 0), 100), abs=1e-6)
+                min(max((1 - m["distance"] / threshold) * 100, 0), 100), abs=1e-4)
     assert rank1 >= 0.9
     assert false_match < 0.5
     # An explicit threshold replaces the model's, and top_k bounds the list.
