@@ -235,8 +235,9 @@ async def detection(body: s.DetectionRequest, gw: Gateway = Depends(gateway)):
     r = await gw.call(model, "Detect", pb.DetectOptions(threshold=body.threshold or 0.0),
                       large={"src": image}, src="image")
     # Past max_faces the most confident are kept, still in the backend's order (largest first).
-    best = sorted(r.Detections, key=lambda d: d.confidence, reverse=True)[:body.max_faces]
-    kept = [d for d in r.Detections if d in best]
+    faces = r.Detections
+    best = sorted(range(len(faces)), key=lambda i: faces[i].confidence, reverse=True)
+    kept = [faces[i] for i in sorted(best[:body.max_faces])]
     return s.DetectionResponse(detections=[s.Detection(
         x=_f(d.x), y=_f(d.y), width=_f(d.width), height=_f(d.height),
         class_name=d.class_name or "face", confidence=_f(d.confidence)) for d in kept])
