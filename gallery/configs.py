@@ -6,10 +6,13 @@ installer writes these, and a user may write one by hand for a custom pack.
 Installed configs also carry each file's SHA-256 (for `verify`) and the licence.
 """
 import dataclasses
+import logging
 import os
 import pathlib
 
 import yaml
+
+log = logging.getLogger("gallery.configs")
 
 
 @dataclasses.dataclass
@@ -46,6 +49,18 @@ class ModelConfig:
             if k.strip() == key:
                 return v.strip()
         return default
+
+    def number(self, key: str) -> float | None:
+        """A numeric option, or None when absent; a malformed one is logged and ignored
+        (LoadModel refuses such a config, so no request is served with it)."""
+        text = self.option(key)
+        if not text:
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            log.warning("model %s: %s %r is not a number", self.name, key, text)
+            return None
 
 
 class ConfigError(ValueError):

@@ -44,12 +44,9 @@ FALLBACK_THRESHOLD = 0.35
 def default_threshold(config: ModelConfig | None) -> float:
     if config is None:
         return FALLBACK_THRESHOLD
-    explicit = config.option("verify_threshold")
-    if explicit:
-        try:
-            return float(explicit)
-        except ValueError:
-            log.warning("model %s: verify_threshold %r is not a number", config.name, explicit)
+    explicit = config.number("verify_threshold")
+    if explicit is not None:
+        return explicit
     if config.option("engine") in ENGINE_THRESHOLDS:
         return ENGINE_THRESHOLDS[config.option("engine")]
     return PACK_THRESHOLDS.get(config.option("model_pack", "buffalo_l"), FALLBACK_THRESHOLD)

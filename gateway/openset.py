@@ -13,7 +13,6 @@ gallery. Two policies:
 """
 import dataclasses
 import json
-import logging
 import math
 import pathlib
 
@@ -24,8 +23,6 @@ from gallery.configs import ModelConfig
 
 from .backends import default_threshold
 from .store import Record, VectorStore
-
-log = logging.getLogger("gateway.identify")
 
 TABLES = json.loads((pathlib.Path(__file__).with_name("impostor_quantiles.json")).read_text())
 POLICIES = ("threshold", "fpir")
@@ -58,19 +55,8 @@ def recognizer(config: ModelConfig | None) -> str | None:
     return PACK_RECOGNIZERS.get(config.option("model_pack", "buffalo_l"))
 
 
-def _option_number(config: ModelConfig | None, key: str) -> float | None:
-    text = config.option(key) if config is not None else None
-    if not text:
-        return None
-    try:
-        return float(text)
-    except ValueError:  # LoadModel refuses such a config, so no request gets this far
-        log.warning("model %s: %s %r is not a number", config.name, key, text)
-        return None
-
-
 def _fixed(config: ModelConfig | None) -> Decision:
-    explicit = _option_number(config, "identify_threshold")
+    explicit = config.number("identify_threshold") if config is not None else None
     if explicit is not None:
         return Decision(explicit, "threshold", "identify_threshold")
     table = TABLES.get(recognizer(config) or "")
@@ -110,7 +96,7 @@ def decide(config: ModelConfig | None, model: str, threshold: float | None, poli
     if table is None:
         raise InvalidInput(f"match_policy fpir needs an impostor calibration of the recognizer of "
                            f"model '{model}'; calibrated: {', '.join(sorted(TABLES))}")
-    target = fpir if fpir is not None else _option_number(config, "fpir") or DEFAULT_FPIR
+    target = fpir if fpir is not None else (config.number("fpir") if config is not None else None) or DEFAULT_FPIR
     size = gallery_size()
     return Decision(fpir_threshold(table["quantiles"], target, size), "fpir", "fpir",
                     fpir=target, gallery_size=size)
