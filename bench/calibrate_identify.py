@@ -4,7 +4,7 @@ Embeds every labelled face of ../shared/faces (never holdout/) with the real pac
 (the backend's own handlers, in-process), takes the cosine distance of every pair of
 faces of different people (millions of pairs) and writes:
 
-- gateway/impostor_quantiles.json: per recognizer, the impostor distance at a ladder of
+- gateway/registry/impostor_quantiles.json: per recognizer, the impostor distance at a ladder of
   false-match rates (the table the gateway's `match_policy: fpir` reads) and the default
   `identify_threshold` at TARGET_FMR;
 - bench/results/identify_calibration.{json,md}: the record (script, data, date, counts, numbers).
@@ -31,7 +31,7 @@ TARGET_FMR = 2e-6
 REPORTED_FMRS = (1e-3, 1e-4, 1e-5, 2e-6, 1e-6)
 STEPS_PER_DECADE = 8
 RECOGNIZER = MODELS / "recognizer-mobilefacenet-paddlex/MobileFaceNet.onnx"
-TABLE = ROOT / "gateway" / "impostor_quantiles.json"
+TABLE = ROOT / "gateway" / "registry" / "impostor_quantiles.json"
 # Below this many impostor pairs under a threshold, its false-match rate is too noisy to list.
 MIN_PAIRS_BELOW = 5
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from face_contract.rpc import backend_pb2 as pb
 from backend.server import BackendServicer
-from gateway.store import LocalStore, Record
+from gateway.registry import LocalStore, Record
 
 from .datasets import MODELS
 

@@ -18,7 +18,7 @@ import time
 import httpx
 
 from gallery.configs import write_config
-from gateway.members import free_port
+from gateway.pool.members import free_port
 
 from .datasets import ROOT
 from .pipeline import PACK_NAME, real_pack_options

@@ -147,7 +147,7 @@ def measure_real() -> dict:
 
 def write_local(path: pathlib.Path, vectors: np.ndarray) -> None:
     """A local store file holding `vectors` (bulk insert into the store's own schema)."""
-    from gateway.store import LocalStore
+    from gateway.registry import LocalStore
 
     LocalStore(path).close()  # creates the schema
     db = sqlite3.connect(path)
@@ -168,7 +168,7 @@ def write_pgvector(dsn: str, vectors: np.ndarray) -> float:
     """Loads `vectors` into a fresh pgvector store; returns the HNSW build time (s)."""
     import psycopg
 
-    from gateway.store import PgVectorStore, Record
+    from gateway.registry import PgVectorStore, Record
 
     store = PgVectorStore(dsn, "bench")
     store.add(Record.new("p0", {}, "m", vectors[0]))  # schema, model row and index exist
@@ -195,7 +195,7 @@ CHILD = """
 import json, resource, sys, time
 import numpy as np
 kind, target, queries_path, ann = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
-from gateway.store import LocalStore, PgVectorStore
+from gateway.registry import LocalStore, PgVectorStore
 queries = np.load(queries_path)
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
 before = rss()

@@ -14,10 +14,10 @@ import sys
 import uvicorn
 
 from .app import create_app
-from .auth import is_loopback, reload_on_sighup
-from .httpserver import guarded_protocol
+from .middleware.auth import is_loopback, reload_on_sighup
+from .middleware.httpserver import guarded_protocol
 from .settings import Settings, default_max_concurrency, pools_from_specs
-from .store import StoreOpenError
+from .registry import StoreOpenError
 
 
 def _env_flag(name: str) -> bool:

@@ -4,7 +4,7 @@ import os
 import pathlib
 import re
 
-from .store import check_dsn
+from .registry import check_dsn
 
 
 def default_max_concurrency() -> int:
@@ -47,7 +47,7 @@ class Settings:
     backend_start_timeout_s: float = 60.0
     backend_load_timeout_s: float = 300.0
     auth_token: str | None = None  # LOCALAI_GRPC_AUTH_TOKEN, given to and sent to backends
-    # HTTP API keys (gateway/auth.py): FACE_API_KEYS entries and/or a keys file; both None: off.
+    # HTTP API keys (gateway/middleware/auth.py): FACE_API_KEYS entries and/or a keys file; both None: off.
     api_keys: str | None = dataclasses.field(default=None, repr=False)
     api_keys_file: pathlib.Path | None = None
     open_docs: bool = False      # /docs, /redoc and /openapi.json without a key

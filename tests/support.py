@@ -15,7 +15,7 @@ from face_contract.rpc import backend_pb2_grpc as pb_grpc
 from bench.datasets import FACES, MODELS, ROOT, SHARED  # noqa: F401  (re-exported for tests)
 from bench.pipeline import real_pack_options
 from bench.service import stop_process
-from gateway.members import free_port  # noqa: F401  (re-exported for tests)
+from gateway.pool.members import free_port  # noqa: F401  (re-exported for tests)
 
 needs_shared = pytest.mark.skipif(
     not (MODELS / "MANIFEST.tsv").exists(),

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from gateway.store import LocalStore, Record
+from gateway.registry import LocalStore, Record
 from gateway_support import app_server, png_header_only, write_config
 from support import free_port
 

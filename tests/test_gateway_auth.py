@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.auth import parse_keys
+from gateway.middleware.auth import parse_keys
 from gateway.settings import Settings
 from gateway_support import app_server, gateway_command, gateway_process
 from support import ROOT, free_port

@@ -6,7 +6,7 @@ import pytest
 from face_contract.errors import InvalidInput, NotFound
 from gallery.configs import read_config
 from gateway.__main__ import parse_args, settings_from
-from gateway.backends import Backends, default_threshold
+from gateway.pool.backends import Backends, default_threshold
 from gateway.settings import Settings, parse_backend_spec
 from gateway_support import write_config
 

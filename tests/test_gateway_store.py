@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from face_contract.errors import FaceError, InvalidInput, NotReady
-from gateway.store import (Filters, LocalStore, PgVectorStore, Record, open_store, open_stores,
+from gateway.registry import (Filters, LocalStore, PgVectorStore, Record, open_store, open_stores,
                            require)
 
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -10,7 +10,7 @@ from PIL import Image
 from face_contract.errors import InvalidInput
 from gateway import schemas as s
 from gateway.app import FORM_ROUTES, create_app
-from gateway.multipart import form_to_json
+from gateway.middleware.multipart import form_to_json
 from gateway.settings import Settings
 from gateway_support import gateway_process, png_header_only, write_config
 from support import FACES, image_b64, needs_shared

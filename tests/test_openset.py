@@ -6,8 +6,8 @@ import pytest
 
 from face_contract.errors import InvalidInput
 from gallery.configs import read_config
-from gateway import openset
-from gateway.store import LocalStore, Record
+from gateway.registry import openset
+from gateway.registry import LocalStore, Record
 from gateway_support import write_config
 from support import REAL_PACK_OPTIONS
 

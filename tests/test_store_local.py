@@ -13,7 +13,7 @@ import pytest
 from face_contract.errors import Unavailable, http_status_for
 from gateway.app import create_app
 from gateway.settings import Settings
-from gateway.store import Filters, LocalStore, Record, StoreInUse
+from gateway.registry import Filters, LocalStore, Record, StoreInUse
 from gateway_support import app_server
 from support import ROOT
 

@@ -7,8 +7,8 @@ import psycopg
 import pytest
 
 from face_contract.errors import Unavailable
-from gateway.store import Filters, PgVectorStore, Record, check_dsn
-from gateway.store.pgvector import redacted
+from gateway.registry import Filters, PgVectorStore, Record, check_dsn
+from gateway.registry.pgvector import redacted
 
 
 def rec(name, vector, model="m"):

@@ -13,7 +13,7 @@ import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .errors import error_response, error_type
+from ..errors import error_response, error_type
 
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 

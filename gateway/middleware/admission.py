@@ -1,6 +1,6 @@
 """A cap on image requests served at once: past it, 503 with Retry-After at once,
 before the body is read, rather than a queue that grows without bound."""
-from .errors import error_response
+from ..errors import error_response
 
 RETRY_AFTER_S = 1
 

@@ -27,7 +27,7 @@ from face_contract.rpc import backend_pb2 as pb
 from gallery.configs import ModelConfig, load_model_configs
 
 from .members import BackendError, Member, needs_load
-from .settings import Settings
+from ..settings import Settings
 
 log = logging.getLogger("gateway.backends")
 

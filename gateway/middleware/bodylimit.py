@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 
 from .admission import RETRY_AFTER_S
-from .errors import error_response
+from ..errors import error_response
 
 
 class _Refused(Exception):

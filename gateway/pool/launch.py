@@ -1,4 +1,4 @@
-"""`python -m gateway.launch PARENT_PID CMD...`: exec CMD so that it dies with the gateway.
+"""`python -m gateway.pool.launch PARENT_PID CMD...`: exec CMD so that it dies with the gateway.
 
 A gateway killed with SIGKILL runs no shutdown code; without this its backends
 would live on as orphans holding memory and ports. On Linux the kernel sends

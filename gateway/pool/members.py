@@ -21,7 +21,7 @@ from face_contract.rpc import backend_pb2 as pb
 from face_contract.rpc import backend_pb2_grpc as pb_grpc
 from gallery.configs import ModelConfig
 
-from .settings import Settings
+from ..settings import Settings
 from .wire import serialise
 
 log = logging.getLogger("gateway.backends")
@@ -104,7 +104,7 @@ class Member:
     async def call(self, method: str, request, large: dict | None = None):
         """`method` with the call deadline; counted in `in_flight` while it runs.
 
-        `large` holds the request's image fields: serialised on a thread (gateway.wire) and
+        `large` holds the request's image fields: serialised on a thread (gateway.pool.wire) and
         sent as bytes, so a 48 MiB request does not hold the event loop."""
         request.ModelIdentity = self.identity
         self.in_flight += 1
@@ -205,9 +205,9 @@ class Member:
         env = {"FACE_LOG_LEVEL": logging.getLevelName(logging.getLogger().level), **os.environ,
                "LOCALAI_GRPC_AUTH_TOKEN": self.token}
         # Popen runs on the event loop's (main) thread: the parent-death signal set by
-        # gateway.launch follows the thread that started the child, so it must outlive it.
+        # gateway.pool.launch follows the thread that started the child, so it must outlive it.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.launch", str(os.getpid()),
+            [sys.executable, "-m", "gateway.pool.launch", str(os.getpid()),
              sys.executable, "-m", "backend", "--addr", address],
             env=env, stdin=subprocess.DEVNULL, start_new_session=True)
         self.starts += 1

@@ -15,8 +15,8 @@ import re
 import signal
 import threading
 
-from .errors import error_response
-from .page import PAGE_ASSETS
+from ..errors import error_response
+from ..page import PAGE_ASSETS
 
 log = logging.getLogger("gateway.auth")
 

@@ -21,8 +21,8 @@ import numpy as np
 from face_contract.errors import InvalidInput
 from gallery.configs import ModelConfig
 
-from .backends import default_threshold
-from .store import Record, VectorStore
+from ..pool.backends import default_threshold
+from .base import Record, VectorStore
 
 TABLES = json.loads((pathlib.Path(__file__).with_name("impostor_quantiles.json")).read_text())
 POLICIES = ("threshold", "fpir")

@@ -22,8 +22,8 @@ from python_multipart.multipart import create_form_parser
 
 from face_contract.errors import InvalidInput
 
-from .errors import error_response
-from .schemas import IMAGE_FIELDS
+from ..errors import error_response
+from ..schemas import IMAGE_FIELDS
 
 
 def _kind(model: type[BaseModel], name: str) -> type | None:

@@ -1,0 +1,94 @@
+"""The registry routes: register, identify, forget and the listing."""
+import asyncio
+
+import numpy as np
+from fastapi import Depends, Query, Response
+
+from face_contract.errors import NotFound
+from face_contract.similarity import confidence
+
+from .. import schemas as s
+from ..middleware.multipart import form_schema
+from ..registry import Filters, Record, VectorStore, openset, require
+from .common import Gateway, _f, api, face, gateway
+
+
+@api.post("/v1/face/register", response_model=s.RegisterResponse,
+          openapi_extra=form_schema(s.RegisterRequest), **face)
+async def register(body: s.RegisterRequest, gw: Gateway = Depends(gateway)):
+    model = gw.backends.resolve(body.model)
+    store = require(gw.stores, body.store)
+    photos = body.photos()
+    vectors = await asyncio.gather(*(gw.embedding(model, img, field) for field, img in photos))
+    if body.template:  # Record.new normalises the mean of the unit vectors again
+        vectors = [np.mean(np.asarray(vectors, dtype=np.float32), axis=0)]
+    records = [Record.new(body.name, body.labels or {}, model, v) for v in vectors]
+    await asyncio.to_thread(_add_all, store, records)
+    first = records[0]
+    return s.RegisterResponse(id=first.id, name=first.name, registered_at=first.registered_at,
+                              ids=[r.id for r in records] if body.imgs is not None else None)
+
+
+def _add_all(store: VectorStore, records: list[Record]) -> None:
+    """Adds every record (each committed to disk before the 200), or none: the ones added
+    before a failure are deleted again."""
+    added = []
+    try:
+        for record in records:
+            store.add(record)
+            added.append(record)
+    except BaseException:
+        for record in added:
+            store.delete(record.id)
+        raise
+
+
+@api.post("/v1/face/identify", response_model=s.IdentifyResponse,
+          openapi_extra=form_schema(s.IdentifyRequest), **face)
+async def identify(body: s.IdentifyRequest, gw: Gateway = Depends(gateway)):
+    model = gw.backends.resolve(body.model)
+    store = require(gw.stores, body.store)
+    decision = await asyncio.to_thread(
+        openset.decide, gw.backends.config(model), model, body.threshold,
+        body.match_policy, body.fpir, lambda: store.counts_by_model().get(model, 0))
+    vector = await gw.embedding(model, body.img)
+    if body.group_by == "name":
+        nearest = await asyncio.to_thread(openset.nearest_people, store, model, vector, body.top_k)
+    else:
+        nearest = await asyncio.to_thread(store.search, model, vector, body.top_k)
+    threshold = decision.threshold
+    matches = []
+    for rec, distance in nearest:
+        distance = _f(distance)  # the float32 the store computed, shown as such
+        matches.append(s.IdentifyMatch(
+            id=rec.id, name=rec.name, labels=rec.labels, distance=distance,
+            confidence=confidence(distance, threshold), match=distance <= threshold))
+    return s.IdentifyResponse(
+        matches=matches, threshold=_f(threshold), match_policy=decision.policy,
+        threshold_source=decision.source, fpir=decision.fpir, gallery_size=decision.gallery_size)
+
+
+@api.post("/v1/face/forget", status_code=204, response_class=Response)
+async def forget(body: s.ForgetRequest, gw: Gateway = Depends(gateway)):
+    store = require(gw.stores, body.store)
+    if not await asyncio.to_thread(store.delete, body.id):
+        raise NotFound(f"no registered face has id '{body.id}'")
+    return Response(status_code=204)
+
+
+@api.get("/v1/face/registry", response_model=s.RegistryResponse, **face)
+async def registry(model: str | None = Query(None, max_length=s.MAX_ID,
+                                             examples=["insightface-opencv"]),
+                   store: str | None = Query(None, max_length=s.MAX_ID, examples=["local-store"]),
+                   name: str | None = Query(None, max_length=s.MAX_NAME, examples=["Ann Lee"]),
+                   limit: int = Query(100, ge=1, le=s.MAX_LIST_LIMIT, examples=[10]),
+                   offset: int = Query(0, ge=0, le=s.MAX_LIST_OFFSET, examples=[0]),
+                   gw: Gateway = Depends(gateway)):
+    chosen = require(gw.stores, store)
+    filters = Filters(model=model, name=name)
+    records = await asyncio.to_thread(chosen.list, filters, limit, offset)
+    return s.RegistryResponse(total=await asyncio.to_thread(chosen.count, filters), items=[
+        s.RegistryItem(id=r.id, name=r.name, labels=r.labels, model=r.model,
+                       registered_at=r.registered_at) for r in records])
+
+
