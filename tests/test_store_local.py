@@ -54,7 +54,7 @@ def test_a_second_gateway_on_the_same_data_dir_refuses_to_start(tmp_path):
 
 
 @contextlib.contextmanager
-def tiny_disk(path, size="400k"):
+def tiny_disk(path, size="1m"):  # room for some 20 records and their indexes
     """A real filesystem that fills up and can be made read-only (tmpfs; needs root)."""
     path.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
@@ -168,7 +168,7 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path):
     db.commit()
     db.close()
     store = LocalStore(path)
-    assert store._db.execute("PRAGMA user_version").fetchone() == (2,)
+    assert store._db.execute("PRAGMA user_version").fetchone() == (3,)
     assert [r.id for r in store.list(Filters(), 10, 0)] == \
         [r.id for r in sorted(old, key=lambda r: (r.registered_at, r.id))]
     for r in old:
