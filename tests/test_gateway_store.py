@@ -1,8 +1,10 @@
 """The registry stores over the VectorStore interface: one suite run on the local store and
 on a real PostgreSQL + pgvector (started by the `postgres` session fixture)."""
 import re
+import sqlite3
 
 import numpy as np
+import psycopg
 import pytest
 
 from face_contract.errors import FaceError, InvalidInput, NotFound, NotReady
@@ -273,7 +275,6 @@ def test_a_forgotten_person_leaves_no_row_and_no_vector(kind, store, tmp_path):
     assert store.delete_person("g")
     assert [r.person_id for r, _ in store.search("m", gone[0].embedding, top_k=10)] == ["k"]
     if kind == "local":
-        import sqlite3
         raw = sqlite3.connect(store.path)
         assert raw.execute("SELECT COUNT(*) FROM records WHERE person_id = 'g'").fetchone() == (0,)
         assert raw.execute("SELECT COUNT(*) FROM persons WHERE person_id = 'g'").fetchone() == (0,)
@@ -284,7 +285,6 @@ def test_a_forgotten_person_leaves_no_row_and_no_vector(kind, store, tmp_path):
             assert face.embedding.astype("<f4").tobytes() not in held
         assert kept[0].embedding.astype("<f4").tobytes() in held
     else:
-        import psycopg
         with psycopg.connect(store._dsn, autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM face_records WHERE person_id = 'g'"
                                 ).fetchone() == (0,)

@@ -14,6 +14,7 @@ from face_contract.errors import Unavailable, http_status_for
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.registry import Filters, LocalStore, Record, StoreInUse
+from gateway.registry.local import SCHEMA
 from gateway_support import app_server
 from support import ROOT
 
@@ -223,4 +224,32 @@ def test_the_approximate_index_is_built_saved_and_caught_up(tmp_path):
     for r in gone[::5]:
         assert not gone_ids & {h.id for h, _ in store.search("m", r.embedding, top_k=10)}
     assert store.counts_by_model() == {"m": len(live)} and saved.exists()
+    store.close()
+
+
+def test_a_version_2_file_gains_persons_and_keeps_every_record(tmp_path):
+    path = tmp_path / "v2.sqlite3"
+    db = sqlite3.connect(path)
+    for statement in SCHEMA:  # today's (version 2) statements
+        db.execute(statement)
+    old = [rec(f"o{i}", np.eye(3)[i] + 0.1, labels={"n": str(i)}) for i in range(3)]
+    for r in old:
+        db.execute("INSERT INTO records (id, name, labels, model, dimension, embedding,"
+                   " registered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (r.id, r.name, json.dumps(r.labels), r.model, 3, r.embedding.tobytes(),
+                    r.registered_at))
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    store = LocalStore(path)
+    assert store._db.execute("PRAGMA user_version").fetchone() == (3,)
+    assert [r.id for r in store.list(Filters(), 10, 0)] == \
+        [r.id for r in sorted(old, key=lambda r: (r.registered_at, r.id))]
+    for r in old:  # one registration = one person, found and forgettable
+        assert store.search("m", r.embedding, top_k=1)[0][0].person_id == r.id
+        person = store.get_person(r.id)
+        assert (person.name, person.labels, person.face_count) == (r.name, r.labels, 1)
+    assert store.count_persons() == 3
+    assert store.delete(old[0].id) and store.get_person(old[0].id) is None
+    assert store.delete_person(old[1].id) and store.count() == 1
     store.close()
