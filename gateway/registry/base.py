@@ -125,21 +125,31 @@ def one_person(records: list[Record]) -> tuple[str, str]:
 
 
 def person_prefix(filters: "PersonFilters", placeholder: str, alias: str = "") -> tuple[str, list]:
-    """WHERE clause and arguments of a people listing: model, and a case-sensitive name prefix
-    (the same characters compared by SQLite and PostgreSQL)."""
+    """WHERE clause and arguments of a people listing: model, name, and a case-sensitive name
+    prefix (the same characters compared by SQLite and PostgreSQL)."""
     clauses, args = [], []
-    if filters.model is not None:
-        clauses.append(f"{alias}model = {placeholder}")
-        args.append(filters.model)
+    for column, value in (("model", filters.model), ("name", filters.name)):
+        if value is not None:
+            clauses.append(f"{alias}{column} = {placeholder}")
+            args.append(value)
     if filters.name_prefix:
         clauses.append(f"substr({alias}name, 1, length({placeholder})) = {placeholder}")
         args += [filters.name_prefix, filters.name_prefix]
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
+def grouped(rows) -> dict[str, np.ndarray]:
+    """(person_id, vector) rows as one matrix per person."""
+    out: dict[str, list] = {}
+    for person_id, vector in rows:
+        out.setdefault(person_id, []).append(vector)
+    return {person_id: np.stack(vectors) for person_id, vectors in out.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class PersonFilters:
     model: str | None = None
+    name: str | None = None
     name_prefix: str | None = None
 
 
@@ -190,6 +200,10 @@ class VectorStore(abc.ABC):
     def move_face(self, face_id: str, person_id: str | None) -> Person:
         """Moves one face to another person of its model, or (None) to a new person of its
         name and labels: a split. The face's old person goes with its last face."""
+
+    @abc.abstractmethod
+    def person_embeddings(self, model: str, person_ids: list[str]) -> dict[str, np.ndarray]:
+        """Each person's face embeddings (float32 rows) of `model`; unknown ids left out."""
 
     @abc.abstractmethod
     def recognizers(self, model: str) -> dict[str, int]:

@@ -20,8 +20,8 @@ import numpy as np
 from face_contract.errors import InvalidInput, NotFound, NotReady, Unavailable
 
 from .ann import AnnIndex
-from .base import (Filters, Person, PersonFilters, Record, VectorStore, labels_json,
-                   merged_labels, one_person, person_prefix, ranked, read_labels, readable,
+from .base import (Filters, Person, PersonFilters, Record, VectorStore, grouped,
+                   labels_json, merged_labels, one_person, person_prefix, ranked, read_labels, readable,
                    unit_query, where)
 from .exact import ExactIndex
 
@@ -450,6 +450,17 @@ class LocalStore(VectorStore):
 
         with self._lock:
             return _person(self._write(work))
+
+    def person_embeddings(self, model: str, person_ids: list[str]) -> dict[str, np.ndarray]:
+        if not person_ids:
+            return {}
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT person_id, embedding FROM records WHERE model = ?"
+                " AND length(embedding) = 4 * dimension AND person_id IN"
+                f" ({','.join('?' * len(person_ids))}) ORDER BY seq",
+                [model, *person_ids]).fetchall()
+        return grouped((pid, np.frombuffer(blob, "<f4")) for pid, blob in rows)
 
     def recognizers(self, model: str) -> dict[str, int]:
         with self._lock:

@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from face_contract.errors import InvalidInput, NotFound, NotReady, Unavailable
 
-from .base import (Filters, Person, PersonFilters, Record, VectorStore, labels_json,
+from .base import (Filters, Person, PersonFilters, Record, VectorStore, grouped, labels_json,
                    merged_labels, one_person, person_prefix, ranked, read_labels, readable,
                    unit_query, where)
 
@@ -101,6 +101,11 @@ def _locked_person(conn, person_id: str):
 def _drop_if_empty(conn, person_id: str) -> None:
     conn.execute("DELETE FROM face_persons p WHERE person_id = %s AND NOT EXISTS"
                  " (SELECT 1 FROM face_records r WHERE r.person_id = p.person_id)", (person_id,))
+
+
+def _vector(text: str) -> np.ndarray:
+    """A vector from pgvector's text form."""
+    return np.fromstring(text[1:-1], dtype=np.float32, sep=",")
 
 
 def redacted(dsn: str) -> str:
@@ -373,6 +378,13 @@ class PgVectorStore(VectorStore):
                 return _locked_person(conn, target)
         return _person(self._run(work))
 
+    def person_embeddings(self, model: str, person_ids: list[str]) -> dict[str, np.ndarray]:
+        rows = self._run(lambda conn: conn.execute(
+            "SELECT person_id, embedding::text FROM face_records WHERE model = %s"
+            " AND person_id = ANY(%s) ORDER BY registered_at, id",
+            (model, list(person_ids))).fetchall()) if person_ids else []
+        return grouped((pid, _vector(text)) for pid, text in rows)
+
     def recognizers(self, model: str) -> dict[str, int]:
         return dict(self._run(lambda conn: conn.execute(
             "SELECT recognizer, count(*) FROM face_records WHERE model = %s GROUP BY recognizer",
@@ -407,7 +419,7 @@ class PgVectorStore(VectorStore):
         rows = self._run(work)
         if not rows:
             return []
-        vectors = np.stack([np.fromstring(r[8][1:-1], dtype=np.float32, sep=",")
+        vectors = np.stack([_vector(r[8])
                             for r in rows])
         distances = (1.0 - vectors @ query).tolist()  # exact, as the local store computes it
         return ranked([(_record(r), d) for r, d in zip(rows, distances)], top_k)
