@@ -10,7 +10,7 @@ from face_contract.similarity import confidence
 
 from .. import schemas as s
 from ..middleware.multipart import form_schema
-from ..registry import Filters, PersonFilters, Record, openset, persons, require
+from ..registry import Filters, PersonFilters, Record, fingerprint, openset, persons, require
 from .common import Gateway, _f, api, face, gateway
 
 
@@ -24,7 +24,10 @@ async def register(body: s.RegisterRequest, gw: Gateway = Depends(gateway)):
     if body.template:  # Record.new normalises the mean of the unit vectors again
         vectors = [np.mean(np.asarray(vectors, dtype=np.float32), axis=0)]
     person_id = body.person_id or str(uuid.uuid4())  # every photo of a request: one person
-    records = [Record.new(body.name or "", body.labels or {}, model, v, person_id) for v in vectors]
+    recognizer = await asyncio.to_thread(fingerprint.fingerprint, gw.backends.config(model))
+    records = [Record.new(body.name or "", body.labels or {}, model, v, person_id, recognizer)
+               for v in vectors]
+    fingerprint.check(await asyncio.to_thread(store.recognizers, model), recognizer, model)
     # One transaction: a set is stored whole or not at all. With person_id the faces take
     # the person's name.
     await asyncio.to_thread(store.add_set, records, body.person_id is not None)
@@ -44,6 +47,7 @@ async def identify(body: s.IdentifyRequest, gw: Gateway = Depends(gateway)):
         body.match_policy, body.fpir, lambda: store.count_persons(PersonFilters(model=model)))
     vector = await gw.embedding(model, body.img)
     threshold = decision.threshold
+    recognizer = await asyncio.to_thread(fingerprint.fingerprint, gw.backends.config(model))
 
     def match(record: Record, distance: float, faces: int | None = None) -> s.IdentifyMatch:
         distance = _f(distance)  # the float32 the store computed, shown as such
@@ -54,13 +58,16 @@ async def identify(body: s.IdentifyRequest, gw: Gateway = Depends(gateway)):
 
     if body.group_by == "person":
         found = await asyncio.to_thread(persons.nearest_persons, store, model, vector, body.top_k)
-        matches = [match(m.nearest, m.distance, m.faces) for m in found]
+        rows = [(m.nearest, m.distance, m.faces) for m in found]
     else:
         nearest = await asyncio.to_thread(
             persons.nearest_by, store, model, vector, body.top_k, lambda r: r.name) \
             if body.group_by == "name" else await asyncio.to_thread(
                 store.search, model, vector, body.top_k)
-        matches = [match(record, distance) for record, distance in nearest]
+        rows = [(record, distance, None) for record, distance in nearest]
+    # Register never mixes recognizers in a model, so the rows found speak for the model.
+    fingerprint.check([record.recognizer for record, _, _ in rows], recognizer, model)
+    matches = [match(*row) for row in rows]
     return s.IdentifyResponse(
         matches=matches, threshold=_f(threshold), match_policy=decision.policy,
         threshold_source=decision.source, fpir=decision.fpir, gallery_size=decision.gallery_size)
