@@ -80,10 +80,15 @@ def markdown(r: dict) -> str:
                        f"{row['threshold_at_fpir_1%']:.4f}"] for row in r["rows"]]), ""])
 
 
-def write(out_dir: pathlib.Path, results: dict) -> list[pathlib.Path]:
-    md = out_dir / "persons.md"
-    md.write_text(markdown(results))
-    return [md, report.write_json(out_dir / "persons.json", results)]
+def report_on(vectors: dict, people, out_dir: pathlib.Path, quick: bool) -> dict:
+    """Evaluates, prints the table and (unless a --quick smoke run) writes persons.{md,json}."""
+    results = {**evaluate(vectors, people), "quick": quick}
+    print(markdown(results))
+    if not quick:
+        md = out_dir / "persons.md"
+        md.write_text(markdown(results))
+        print(f"wrote {md}, {report.write_json(out_dir / 'persons.json', results)}")
+    return results
 
 
 def main(argv=None) -> None:
@@ -105,10 +110,7 @@ def main(argv=None) -> None:
               for p in (photos if len(photos) > MAX_ENROLLED else photos[:1])}
     with running_gateway() as svc:
         vectors = embed_images(svc, needed, args.workers)
-    results = {**evaluate(vectors, people), "quick": args.quick}
-    print(markdown(results))
-    if not args.quick:  # a smoke run never replaces the reported numbers
-        print("wrote " + ", ".join(map(str, write(args.out, results))))
+    report_on(vectors, people, args.out, args.quick)
 
 
 if __name__ == "__main__":

@@ -155,6 +155,17 @@ def test_poison_records_an_older_version_wrote_are_listed_found_and_forgotten(tm
         assert store.search("m", [1, 1, 1, 1], top_k=5)[0][0].id == good.id
 
 
+def migrated(path, old) -> LocalStore:
+    """The store at path, opened (so migrated): every old record listed and found."""
+    store = LocalStore(path)
+    assert store._db.execute("PRAGMA user_version").fetchone() == (3,)
+    assert [r.id for r in store.list(Filters(), 10, 0)] == \
+        [r.id for r in sorted(old, key=lambda r: (r.registered_at, r.id))]
+    for r in old:
+        assert store.search("m", r.embedding, top_k=1)[0][0].id == r.id
+    return store
+
+
 def test_a_version_1_file_is_migrated_in_place(tmp_path):
     path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(path)
@@ -168,12 +179,7 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path):
                    (r.id, r.name, "{}", r.model, 3, r.embedding.tobytes(), r.registered_at))
     db.commit()
     db.close()
-    store = LocalStore(path)
-    assert store._db.execute("PRAGMA user_version").fetchone() == (3,)
-    assert [r.id for r in store.list(Filters(), 10, 0)] == \
-        [r.id for r in sorted(old, key=lambda r: (r.registered_at, r.id))]
-    for r in old:
-        assert store.search("m", r.embedding, top_k=1)[0][0].id == r.id
+    store = migrated(path, old)
     store.add(rec("new", [0, 1, 1]))
     assert store.count() == 4
     store.close()
@@ -241,10 +247,7 @@ def test_a_version_2_file_gains_persons_and_keeps_every_record(tmp_path):
     db.execute("PRAGMA user_version = 2")
     db.commit()
     db.close()
-    store = LocalStore(path)
-    assert store._db.execute("PRAGMA user_version").fetchone() == (3,)
-    assert [r.id for r in store.list(Filters(), 10, 0)] == \
-        [r.id for r in sorted(old, key=lambda r: (r.registered_at, r.id))]
+    store = migrated(path, old)
     for r in old:  # one registration = one person, found and forgettable
         assert store.search("m", r.embedding, top_k=1)[0][0].person_id == r.id
         person = store.get_person(r.id)

@@ -8,7 +8,7 @@ import uuid
 
 import numpy as np
 
-from face_contract.errors import FaceError, InvalidInput
+from face_contract.errors import FaceError, InvalidInput, NotFound
 
 
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -122,6 +122,29 @@ def one_person(records: list[Record]) -> tuple[str, str]:
     if not records or len({(r.person_id, r.model, r.dimension) for r in records}) != 1:
         raise ValueError("a set of faces is added to one person of one model, one dimension")
     return records[0].person_id, records[0].model
+
+
+def unknown_person(person_id: str) -> NotFound:
+    return NotFound(f"no person has person_id '{person_id}'")
+
+
+def check_person(row_model: str | None, person_id: str, model: str, existing: bool) -> None:
+    """Faces of `model` may join the person whose row holds `row_model` (None: no such
+    person, which only a new person may be)."""
+    if existing and row_model is None:
+        raise unknown_person(person_id)
+    if row_model is not None and row_model != model:
+        raise InvalidInput(f"person '{person_id}' belongs to model '{row_model}', not '{model}'")
+
+
+def check_merge(ids: tuple[str, ...], models: list[str | None]) -> None:
+    """Every person of a merge exists and is of the first one's model."""
+    for person_id, model in zip(ids, models):
+        if model is None:
+            raise unknown_person(person_id)
+        if model != models[0]:
+            raise InvalidInput(f"person '{person_id}' belongs to model '{model}' and "
+                               f"'{ids[0]}' to '{models[0]}': only people of one model merge")
 
 
 def person_prefix(filters: "PersonFilters", placeholder: str, alias: str = "") -> tuple[str, list]:

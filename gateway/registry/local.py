@@ -17,12 +17,12 @@ import uuid
 
 import numpy as np
 
-from face_contract.errors import InvalidInput, NotFound, NotReady, Unavailable
+from face_contract.errors import NotFound, NotReady, Unavailable
 
 from .ann import AnnIndex
-from .base import (Filters, Person, PersonFilters, Record, VectorStore, grouped,
-                   labels_json, merged_labels, one_person, person_prefix, ranked, read_labels, readable,
-                   unit_query, where)
+from .base import (Filters, Person, PersonFilters, Record, VectorStore, check_merge,
+                   check_person, grouped, labels_json, merged_labels, one_person, person_prefix,
+                   ranked, read_labels, readable, unit_query, where)
 from .exact import ExactIndex
 
 log = logging.getLogger("gateway.store")
@@ -273,11 +273,7 @@ class LocalStore(VectorStore):
 
         def work():
             person = self._person_row(person_id)
-            if existing and person is None:
-                raise NotFound(f"no person has person_id '{person_id}'")
-            if person is not None and person[1] != model:
-                raise InvalidInput(f"person '{person_id}' belongs to model '{person[1]}', not "
-                                   f"'{model}'")
+            check_person(person and person[1], person_id, model, existing)
             if person is None:
                 self._db.execute("INSERT INTO persons VALUES (?, ?, ?, ?, ?)",
                                  (person_id, model, records[0].name, labels[0],
@@ -407,13 +403,7 @@ class LocalStore(VectorStore):
 
         def work():
             rows = [self._person_row(person_id) for person_id in (into, *others)]
-            for person_id, row in zip((into, *others), rows):
-                if row is None:
-                    raise NotFound(f"no person has person_id '{person_id}'")
-                if row[1] != rows[0][1]:
-                    raise InvalidInput(f"person '{person_id}' belongs to model '{row[1]}' and "
-                                       f"'{into}' to '{rows[0][1]}': only people of one model "
-                                       "merge")
+            check_merge((into, *others), [row and row[1] for row in rows])
             labels = merged_labels(read_labels(rows[0][3]), [read_labels(r[3]) for r in rows[1:]])
             self._db.execute("UPDATE persons SET labels = ? WHERE person_id = ?",
                              (labels_json(Record("", rows[0][2], labels, rows[0][1], 0, "")), into))
@@ -438,11 +428,7 @@ class LocalStore(VectorStore):
                 self._db.execute("INSERT INTO persons VALUES (?, ?, ?, ?, ?)",
                                  (target, face[1], face[2], face[3], face[4]))
             row = self._person_row(target)
-            if row is None:
-                raise NotFound(f"no person has person_id '{target}'")
-            if row[1] != face[1]:
-                raise InvalidInput(f"face '{face_id}' belongs to model '{face[1]}' and person "
-                                   f"'{target}' to '{row[1]}'")
+            check_person(row and row[1], target, face[1], existing=True)
             self._db.execute("UPDATE records SET person_id = ?, name = ? WHERE id = ?",
                              (target, row[2], face_id))
             self._drop_if_empty(face[0])

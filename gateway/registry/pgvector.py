@@ -18,11 +18,11 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from face_contract.errors import InvalidInput, NotFound, NotReady, Unavailable
+from face_contract.errors import NotFound, NotReady, Unavailable
 
-from .base import (Filters, Person, PersonFilters, Record, VectorStore, grouped, labels_json,
-                   merged_labels, one_person, person_prefix, ranked, read_labels, readable,
-                   unit_query, where)
+from .base import (Filters, Person, PersonFilters, Record, VectorStore, check_merge,
+                   check_person, grouped, labels_json, merged_labels, one_person, person_prefix,
+                   ranked, read_labels, readable, unit_query, where)
 
 log = logging.getLogger("gateway.store")
 
@@ -231,11 +231,7 @@ class PgVectorStore(VectorStore):
             with conn.transaction():
                 self._prepare_model(conn, model, records[0].dimension)
                 person = _locked_person(conn, person_id)
-                if existing and person is None:
-                    raise NotFound(f"no person has person_id '{person_id}'")
-                if person is not None and person[1] != model:
-                    raise InvalidInput(f"person '{person_id}' belongs to model '{person[1]}', "
-                                       f"not '{model}'")
+                check_person(person and person[1], person_id, model, existing)
                 if person is None:
                     conn.execute("INSERT INTO face_persons VALUES (%s, %s, %s, %s::jsonb, %s)",
                                  (person_id, model, records[0].name, labels[0],
@@ -333,13 +329,7 @@ class PgVectorStore(VectorStore):
                 # Locked in one order, so that two merges of the same people cannot deadlock.
                 locked = {pid: _locked_person(conn, pid) for pid in sorted(ids)}
                 rows = [locked[pid] for pid in ids]
-                for person_id, row in zip(ids, rows):
-                    if row is None:
-                        raise NotFound(f"no person has person_id '{person_id}'")
-                    if row[1] != rows[0][1]:
-                        raise InvalidInput(f"person '{person_id}' belongs to model '{row[1]}' "
-                                           f"and '{into}' to '{rows[0][1]}': only people of one "
-                                           "model merge")
+                check_merge(ids, [row and row[1] for row in rows])
                 labels = merged_labels(read_labels(rows[0][3]),
                                        [read_labels(r[3]) for r in rows[1:]])
                 conn.execute("UPDATE face_persons SET labels = %s::jsonb WHERE person_id = %s",
@@ -367,11 +357,7 @@ class PgVectorStore(VectorStore):
                                  (target, face[1], face[2], face[3], face[4]))
                 locked = {pid: _locked_person(conn, pid) for pid in sorted({face[0], target})}
                 row = locked[target]
-                if row is None:
-                    raise NotFound(f"no person has person_id '{target}'")
-                if row[1] != face[1]:
-                    raise InvalidInput(f"face '{face_id}' belongs to model '{face[1]}' and "
-                                       f"person '{target}' to '{row[1]}'")
+                check_person(row and row[1], target, face[1], existing=True)
                 conn.execute("UPDATE face_records SET person_id = %s, name = %s WHERE id = %s",
                              (target, row[2], face_id))
                 _drop_if_empty(conn, face[0])

@@ -3,10 +3,9 @@ import asyncio
 
 from fastapi import Depends, Path, Query, Response
 
-from face_contract.errors import NotFound
-
 from .. import schemas as s
 from ..registry import Person, PersonFilters, require
+from ..registry.base import unknown_person
 from .common import Gateway, api, face, gateway
 
 PersonId = Path(max_length=s.MAX_ID, examples=["5f0c6f1e-9b8d-4c43-a1e2-b7d9c0a4f6e1"])
@@ -16,10 +15,6 @@ StoreQuery = Query(None, max_length=s.MAX_ID, examples=["local-store"])
 def _person(person: Person) -> s.Person:
     return s.Person(person_id=person.person_id, name=person.name, labels=person.labels,
                     model=person.model, created_at=person.created_at, faces=person.face_count)
-
-
-def _unknown(person_id: str) -> NotFound:
-    return NotFound(f"no person has person_id '{person_id}'")
 
 
 @api.get("/v1/face/people", response_model=s.PeopleResponse, **face)
@@ -44,7 +39,7 @@ async def person(person_id: str = PersonId, store: str | None = StoreQuery,
                  gw: Gateway = Depends(gateway)):
     found = await asyncio.to_thread(require(gw.stores, store).get_person, person_id)
     if found is None:
-        raise _unknown(person_id)
+        raise unknown_person(person_id)
     return s.PersonDetail(**_person(found).model_dump(), records=[
         s.PersonFace(id=f.id, labels=f.labels, registered_at=f.registered_at)
         for f in found.faces])
@@ -56,7 +51,7 @@ async def update_person(body: s.PersonPatch, person_id: str = PersonId,
     found = await asyncio.to_thread(require(gw.stores, store).update_person, person_id,
                                     body.name, body.labels)
     if found is None:
-        raise _unknown(person_id)
+        raise unknown_person(person_id)
     return _person(found)
 
 
@@ -64,7 +59,7 @@ async def update_person(body: s.PersonPatch, person_id: str = PersonId,
 async def forget_person(person_id: str = PersonId, store: str | None = StoreQuery,
                         gw: Gateway = Depends(gateway)):
     if not await asyncio.to_thread(require(gw.stores, store).delete_person, person_id):
-        raise _unknown(person_id)
+        raise unknown_person(person_id)
     return Response(status_code=204)
 
 

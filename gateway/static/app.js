@@ -261,6 +261,9 @@ section("identify", async (photos, data) => {
 // A paged listing: list(query) answers {items, total}; row(item) makes its table row.
 function listing(id, list, row, unit) {
   const root = document.getElementById(id);
+  $(root, "table").after(el("div", { className: "pager" },
+    el("button", { type: "button", className: "prev" }, "\u2190 Previous"), el("span", { className: "range" }),
+    el("button", { type: "button", className: "next" }, "Next \u2192")));
   const view = {
     root, offset: 0,
     async refresh() {
