@@ -71,8 +71,10 @@ def markdown(r: dict) -> str:
     return "\n".join([
         "## Person-level identify: aggregation rule x photos per person", "",
         f"{r['people']} enrolled people, {r['mated_probes']} mated and {r['non_mated_probes']} "
-        "non-mated probes (bench/persons.py); the default rule of `group_by: \"person\"` is "
-        "the best of these.", "",
+        "non-mated probes (bench/persons.py): one mated probe is "
+        f"{100 / r['mated_probes']:.2f}% of FNIR, so rules a probe or two apart are close to "
+        "even. The default rule of `group_by: \"person\"` is the best of these "
+        "(gateway/registry/persons.py).", "",
         report.table(["photos per person", "rule", "rank-1", "FNIR at FPIR 1%",
                       "threshold at FPIR 1%"],
                      [[row["photos_per_person"], row["rule"], report.pct(row["rank1"]),

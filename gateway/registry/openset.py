@@ -8,7 +8,7 @@ gallery. Two policies:
   option, else the calibrated default of its recognizer (impostor_quantiles.json, a fixed
   false-match rate per comparison), else its verify threshold (recognizers not calibrated).
 - `fpir`: the per-comparison false-match rate f that keeps the chance of a stranger matching
-  anyone of N enrolled faces at the target, 1 - (1 - f)^N = fpir, turned into a distance
+  anyone of N enrolled people at the target, 1 - (1 - f)^N = fpir, turned into a distance
   with the recognizer's impostor quantile table (`bench/calibrate_identify.py` measures it).
 """
 import dataclasses
@@ -65,7 +65,7 @@ def _fixed(config: ModelConfig | None) -> Decision:
 
 
 def fpir_threshold(quantiles: list[list[float]], fpir: float, gallery_size: int) -> float:
-    """The impostor distance at the per-comparison rate that keeps FPIR at `fpir` for N faces.
+    """The impostor distance at the per-comparison rate that keeps FPIR at `fpir` for N people.
 
     Interpolated in log(rate) between the table's rungs; beyond its rarest rung (a gallery
     larger than the calibration can speak for) the rarest rung's distance is used.
