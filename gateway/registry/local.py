@@ -45,6 +45,9 @@ SCHEMA_3_PERSONS = [  # -- persons (issue 17): every old record becomes a person
     "CREATE INDEX persons_listing ON persons (model, name, person_id)",
     "ALTER TABLE records ADD COLUMN person_id TEXT NOT NULL DEFAULT ''",
     "ALTER TABLE records ADD COLUMN recognizer TEXT NOT NULL DEFAULT ''",  # '': before 17
+    # The aligned face a template can be rebuilt from; in this step so that --keep-crops
+    # (not built yet) needs no second migration. NULL: not kept.
+    "ALTER TABLE records ADD COLUMN crop BLOB",
     "UPDATE records SET person_id = id",
     "INSERT INTO persons SELECT id, model, name, labels, registered_at FROM records",
     "CREATE INDEX records_person ON records (person_id, registered_at, id)",

@@ -46,8 +46,11 @@ MIGRATIONS = {  # version -> statements that bring the schema from version - 1 t
         "CREATE TABLE face_persons (person_id text PRIMARY KEY, model text NOT NULL,"
         " name text NOT NULL, labels jsonb NOT NULL, created_at text NOT NULL)",
         'CREATE INDEX face_persons_listing ON face_persons (model, name COLLATE "C", person_id)',
+        # recognizer '': made before fingerprints. crop: the aligned face a template can be
+        # rebuilt from, in this step so that --keep-crops (not built yet) needs no second
+        # migration; NULL: not kept.
         "ALTER TABLE face_records ADD COLUMN person_id text,"
-        " ADD COLUMN recognizer text NOT NULL DEFAULT ''",  # '': made before fingerprints
+        " ADD COLUMN recognizer text NOT NULL DEFAULT '', ADD COLUMN crop bytea",
         "UPDATE face_records SET person_id = id",
         "INSERT INTO face_persons SELECT id, model, name, labels, registered_at FROM face_records",
         "ALTER TABLE face_records ALTER COLUMN person_id SET NOT NULL",
