@@ -106,7 +106,7 @@ class RegisterRequest(BaseModel):
     template: bool = Field(False, description="with imgs: store one record whose embedding is "
                                               "the re-normalised mean of the photos' embeddings")
     name: str | None = Field(None, min_length=1, max_length=MAX_NAME,
-                             description="the person's name; required unless person_id is given")
+                             description="a new person's name; exactly one of name and person_id")
     person_id: str | None = Field(None, min_length=1, max_length=MAX_ID,
                                   description="add the photo(s) to this person (404 if unknown); "
                                               "omitted: a new person, all of imgs in one")
@@ -130,6 +130,9 @@ class RegisterRequest(BaseModel):
                                "of one person)")
         if self.name is None and self.person_id is None:
             raise InvalidInput("name is required (or person_id, to add photos to a person)")
+        if self.name is not None and self.person_id is not None:  # the person has its name
+            raise InvalidInput("send name (a new person) or person_id (photos of a registered "
+                               "person, who keeps their name), not both")
         if self.img is not None:
             return [("img", self.img)]
         return [(f"imgs[{i}]", img) for i, img in enumerate(self.imgs)]

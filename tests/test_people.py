@@ -70,6 +70,9 @@ def test_people_are_registered_grown_and_identified_as_people(gw):
     assert missing.status_code == 404 and "nobody" in missing.json()["error"]["message"]
     nameless = client.post("/v1/face/register", json={"img": bob_photos[1]})
     assert nameless.status_code == 400 and "name is required" in nameless.text
+    both = client.post("/v1/face/register", json={"img": bob_photos[1], "name": "x",
+                                                  "person_id": other["person_id"]})
+    assert both.status_code == 400 and "not both" in both.text
     assert ok(client.get("/v1/face/registry"))["total"] == 5  # neither stored anything
 
     for person_id in (first["person_id"], other["person_id"]):
