@@ -273,7 +273,8 @@ class RegisterResponse(BaseModel):
 class IdentifyMatch(BaseModel):
     id: str = Field(description="the face's id (group_by person: the person's nearest face)")
     name: str
-    labels: dict[str, str]
+    labels: dict[str, str] = Field(description="the face's labels (group_by person: those of "
+                                               "the nearest face)")
     distance: float
     confidence: float
     match: bool

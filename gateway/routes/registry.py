@@ -59,11 +59,12 @@ async def identify(body: s.IdentifyRequest, gw: Gateway = Depends(gateway)):
     if body.group_by == "person":
         found = await asyncio.to_thread(persons.nearest_persons, store, model, vector, body.top_k)
         rows = [(m.nearest, m.distance, m.faces) for m in found]
+    elif body.group_by == "name":
+        nearest = await asyncio.to_thread(persons.nearest_by, store, model, vector, body.top_k,
+                                          lambda record: record.name)
+        rows = [(record, distance, None) for record, distance in nearest]
     else:
-        nearest = await asyncio.to_thread(
-            persons.nearest_by, store, model, vector, body.top_k, lambda r: r.name) \
-            if body.group_by == "name" else await asyncio.to_thread(
-                store.search, model, vector, body.top_k)
+        nearest = await asyncio.to_thread(store.search, model, vector, body.top_k)
         rows = [(record, distance, None) for record, distance in nearest]
     # Register never mixes recognizers in a model, so the rows found speak for the model.
     fingerprint.check([record.recognizer for record, _, _ in rows], recognizer, model)
