@@ -94,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
           "request body bytes held at once over all requests; past it 503 + Retry-After")
     limit("--body-timeout", "FACE_BODY_TIMEOUT", float, Settings.body_timeout_s,
           "seconds allowed to receive a request body (408 past it)")
+    limit("--min-body-rate", "FACE_MIN_BODY_RATE", int, Settings.min_body_rate,
+          "bytes a second a request body must average after its first 5 s, with no pause "
+          "over 5 s (408 otherwise)")
     limit("--header-timeout", "FACE_HEADER_TIMEOUT", float, Settings.header_timeout_s,
           "seconds allowed from connecting to complete request headers (408 past it)")
     limit("--keep-alive-timeout", "FACE_KEEP_ALIVE_TIMEOUT", float,
@@ -138,7 +141,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         allow_private_urls=args.allow_private_urls, max_body_bytes=args.max_body_bytes,
         max_url_bytes=args.max_url_bytes, url_timeout_s=args.url_timeout,
         max_concurrency=args.max_concurrency, max_inflight_bytes=args.max_inflight_bytes,
-        body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout, min_body_rate=args.min_body_rate,
+        header_timeout_s=args.header_timeout,
         keep_alive_timeout_s=args.keep_alive_timeout,
         backend_call_timeout_s=args.backend_timeout,
         auth_token=os.environ.get("LOCALAI_GRPC_AUTH_TOKEN") or None,
@@ -173,8 +177,7 @@ def main(argv=None) -> None:
         app = create_app(settings)
     except (ValueError, StoreOpenError) as exc:
         raise SystemExit(f"face-gateway: {exc}") from None
-    if settings.api_keys_file is not None:
-        reload_on_sighup(app.state.auth.keys)
+    reload_on_sighup(app.state.auth.keys)  # also without a keys file: SIGHUP must not kill it
     # A bounded graceful shutdown: requests still running after it get cut off, and the
     # lifespan then stops the backends.
     uvicorn.run(app, host=args.host, port=args.port,
