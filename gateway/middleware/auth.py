@@ -23,10 +23,11 @@ log = logging.getLogger("gateway.auth")
 
 READ_ONLY, READ_WRITE = "ro", "rw"
 MIN_KEY_LENGTH = 16
-# A keys file is taken once two reads this far apart agree: an editor or a script that
-# rewrites it in place is not caught half-way. Past STABLE_READS tries the old keys stay.
-STABLE_READ_GAP_S = 0.05
-STABLE_READS = 20
+# A keys file is read once it has not changed for SETTLE_S, and taken if it did not change
+# while it was read: one rewritten in place (by an editor, a script, `echo >`) is not caught
+# half-way. Past SETTLE_TRIES the reload fails and the old keys stay.
+SETTLE_S = 0.2
+SETTLE_TRIES = 20
 # Headers that say who is calling and to what: one of each, or the request is refused
 # (which of two copies wins would otherwise be the server's choice, not the client's).
 SINGLE_HEADERS = (b"host", b"x-api-key", b"authorization")
@@ -79,17 +80,20 @@ def parse_keys(entries: list[str], source: str) -> dict[bytes, str]:
 
 
 def read_keys_file(path: pathlib.Path) -> list[str]:
-    """One key a line; blank lines and everything after '#' are ignored. The text is one
-    that two reads in a row agree on (OSError if none does)."""
-    text = path.read_text()
-    for _ in range(STABLE_READS):
-        time.sleep(STABLE_READ_GAP_S)
-        again = path.read_text()
-        if again == text:
-            lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-            return [line for line in lines if line]
-        text = again
-    raise OSError(f"{path} kept changing while it was read")
+    """One key a line; blank lines and everything after '#' are ignored. The file is read
+    when it has settled (OSError if it never does)."""
+    for _ in range(SETTLE_TRIES):
+        before = path.stat()
+        age = time.time() - before.st_mtime
+        if not 0 <= age < SETTLE_S:  # a future mtime (a skewed clock) counts as settled
+            text = path.read_text()
+            after = path.stat()
+            if (after.st_mtime_ns, after.st_size, after.st_ino) == \
+                    (before.st_mtime_ns, before.st_size, before.st_ino):
+                lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+                return [line for line in lines if line]
+        time.sleep(SETTLE_S)
+    raise OSError(f"{path} kept changing for {SETTLE_TRIES * SETTLE_S:g} s")
 
 
 class ApiKeys:

@@ -90,6 +90,7 @@ class BodyLimitMiddleware:
                                            f"{self.body_timeout_s:g} s, or came slower than "
                                            f"{self.min_rate} bytes/s or paused over "
                                            f"{RATE_GRACE_S:g} s")
+                late.headers["connection"] = "close"  # the connection is not worth keeping
                 return await late(scope, receive, send)
             await self._run_until_disconnect(scope, chunks, receive, send)
         finally:
