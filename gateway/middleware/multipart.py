@@ -89,8 +89,6 @@ def form_to_json(model: type[BaseModel], fields: list[tuple[str, str]],
 
 
 def _json(name: str, text: str, kind: type):
-    if (why := too_many_values(text.encode())) is not None:
-        raise InvalidInput(f"{name}: {why}")
     try:  # pydantic-core's parser: bounded nesting depth, and fast
         value = pydantic_core.from_json(text)
     except ValueError:
@@ -115,6 +113,8 @@ def parse_form(content_type: bytes, chunks: collections.deque) -> tuple[list, li
 
     def on_field(field):
         count_part()
+        if (why := too_many_values(field.value or b"")) is not None:  # before it is decoded
+            raise InvalidInput(f"{text(field.field_name)}: {why}")
         fields.append((text(field.field_name), text(field.value)))
 
     def on_file(file):
