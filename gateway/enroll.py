@@ -40,8 +40,10 @@ DEFAULT_MAX_BYTES = 36 * 1024 * 1024
 
 
 def parse_args(argv) -> argparse.Namespace:
+    # No abbreviations: `--api-key KEY` must not pass for `--api-key-file`.
     p = argparse.ArgumentParser(prog="face-gateway enroll", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("dir", type=pathlib.Path, help="folder with one sub-folder of photos per person")
     p.add_argument("--model", required=True, help="model to register with")
     p.add_argument("--store", default=None, help="registry store (default: the gateway's)")

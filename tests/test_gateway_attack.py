@@ -25,6 +25,7 @@ import pytest
 
 from gateway_support import error_message as error_of, gateway_process, write_config
 from support import FACES, needs_shared
+from test_limits import read_until_closed, rss
 
 pytestmark = needs_shared
 
@@ -45,21 +46,14 @@ POST_ROUTES = ("/v1/face/verify", "/v1/face/analyze", "/v1/face/embed", "/v1/det
 RW, RO = "attack-rw-5b0e1c7d9a2f", "attack-ro-8d3f6a1e4c0b"
 
 
-def status_field(pid: int, field: str) -> int:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise LookupError(field)
-
-
 @contextlib.contextmanager
 def peak_memory(pid: int):
     """Yields a dict that gets 'growth': the process's peak RSS (VmHWM, reset first through
     /proc/PID/clear_refs) over its RSS when the block began."""
     pathlib.Path(f"/proc/{pid}/clear_refs").write_text("5")
-    seen = {"before": status_field(pid, "VmRSS")}
+    seen = {"before": rss(pid)}
     yield seen
-    seen["growth"] = status_field(pid, "VmHWM") - seen["before"]
+    seen["growth"] = rss(pid, "VmHWM") - seen["before"]
 
 
 # Run in a process of its own: in the test's process the probe would wait on the GIL
@@ -147,14 +141,6 @@ def raw_connection(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     sock.settimeout(30)
     return sock
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    chunks = []
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def post_head(route: str, length: int, content_type: str = "application/json",
