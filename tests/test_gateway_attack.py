@@ -339,6 +339,21 @@ def test_four_multipart_verifies_at_once_keep_healthz_fast(gw):
     assert_healthz_fast(waits, "4 multipart verifies of 8 MiB at once")
 
 
+def test_64_large_verifies_at_once_keep_healthz_fast(gw):
+    """More than the slots and the byte budget: each is served or refused with a 503."""
+    image = b64(padded_jpeg(MIB))
+    content = json.dumps({"img1": image, "img2": image}).encode()
+    with healthz_probe(str(gw.base_url)) as waits, \
+            concurrent.futures.ThreadPoolExecutor(64) as pool:
+        replies = list(pool.map(lambda _: gw.post("/v1/face/verify", content=content, headers={
+            "content-type": "application/json"}), range(64)))
+    statuses = [r.status_code for r in replies]
+    assert set(statuses) <= {200, 503} and 200 in statuses, statuses
+    print(f"\n64 verifies of {len(content) / MIB:.1f} MiB at once: {statuses.count(200)} "
+          f"served, {statuses.count(503)} refused with 503")
+    assert_healthz_fast(waits, "64 large verifies at once")
+
+
 def test_405_names_the_allowed_methods(gw):
     reply = gw.get("/v1/face/verify")
     error_of(reply, 405, "GET is not allowed")

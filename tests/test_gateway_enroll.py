@@ -31,7 +31,7 @@ def gw(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
     write_config(models, MODEL)
     with gateway_process(models, tmp_path_factory.mktemp("data"), "--default-model", MODEL,
-                         "--store", "local-store", "--store", "small",
+                         "--store", "local-store", "--store", "small", "--store", "hostile",
                          # on a few cores, single-threaded backends side by side enrol fastest
                          "--backends-per-model", "2", "--backend-threads", "1") as (_, url), \
             httpx.Client(base_url=url, timeout=120) as client:
@@ -212,15 +212,15 @@ def test_enroll_on_a_hostile_folder(gw, tmp_path):
     key_file = tmp_path / "key"  # the gateway has keys off: sent and ignored, but read
     key_file.write_text("enroll-key-0123456789abcdef\n")
     first = enroll(url, tree, "--concurrency", "1", "--api-key-file", str(key_file),
-                   store="small")
+                   store="hostile")
     deadline = time.monotonic() + 60
-    while not registry(gw, store="small") and time.monotonic() < deadline:
+    while not registry(gw, store="hostile") and time.monotonic() < deadline:
         time.sleep(0.05)  # the first run holds the folder's lock once it registers
     assert first.poll() is None
-    second = enroll(url, tree, store="small")
+    second = enroll(url, tree, store="hostile")
     out2, err2 = second.communicate(timeout=60)
-    assert second.returncode == 1 and "another enrolment" in err2, out2 + err2
     out, err = first.communicate(timeout=600)
+    assert second.returncode == 1 and "another enrolment" in err2, (out2, err2, out, err)
     assert first.returncode == 1, out + err  # huge.jpg failed
     registered, skipped, no_face, failed, total = (
         int(n) for n in SUMMARY.search(out).groups())
@@ -228,5 +228,5 @@ def test_enroll_on_a_hostile_folder(gw, tmp_path):
     assert "mallory/huge.jpg: 6442450944 bytes, over --max-bytes" in out
     assert "no face: mallory/evil\\n\\x1b[31mred.jpg" in out  # escaped, not raw
     assert "\x1b" not in out + err and "SECRET" not in out + err
-    sources = sorted(r["labels"]["source"] for r in registry(gw, store="small"))
+    sources = sorted(r["labels"]["source"] for r in registry(gw, store="hostile"))
     assert sources == [p.relative_to(tree).as_posix() for p in real]  # once each, no links

@@ -63,7 +63,7 @@ def _lone_surrogate(value) -> tuple | None:
     return None
 
 
-def too_many_values(text: bytes | bytearray) -> str | None:
+def too_many_values(text: bytes) -> str | None:
     """Why a JSON text is refused unparsed, or None. No request of this API needs more than a
     few hundred values (32 labels, 32 images, 8 actions); a million empty lists would cost
     seconds and hundreds of MB to build only to fail validation. ',' '[' and '{' bound the
@@ -80,7 +80,7 @@ def _invalid(message: str) -> RequestValidationError:
                                     "msg": "JSON decode error", "ctx": {"error": message}}])
 
 
-def _parse(body: bytes | bytearray):
+def _parse(body: bytes):
     if (why := too_many_values(body)) is not None:
         raise _invalid(why)
     try:
@@ -103,7 +103,7 @@ def _parse(body: bytes | bytearray):
         raise _invalid(f"the body is not UTF-8 ({exc.reason})") from None
 
 
-def parse_json(body: bytes | bytearray):
+def parse_json(body: bytes):
     """The parsed body; RequestValidationError for malformed JSON or invalid UTF-8."""
     parsed = _parse(body)
     path = _lone_surrogate(parsed)
@@ -123,12 +123,9 @@ class OffLoopJsonRoute(APIRoute):
             if form is not None:  # built by multipart.MultipartMiddleware
                 request._json, request._body = form, b" "
             elif _is_json(request.headers.get("content-type")):
-                # Gathered into one growing buffer, each piece let go as it is added: the
-                # body is held once, not as its pieces and their join at the same time.
-                body = bytearray()
-                async for piece in request.stream():
-                    body += piece
-                request._body = b""  # read, and FastAPI must see it so if it is empty
+                # Joined from pieces that are then let go (a growing bytearray would hold
+                # less for a moment, but pydantic-core copies a bytearray before parsing).
+                body = await request.body()
                 if body:  # FastAPI's request.json() returns this cache
                     request._json = await asyncio.to_thread(parse_json, body)
                     # FastAPI reads the raw body again only to see it is not empty: a
