@@ -309,3 +309,16 @@ def test_merges_and_forgets_persist_and_are_seen_by_another_handle(reopen):
     assert [(p.person_id, p.face_count) for p in second.list_persons(PersonFilters(), 10, 0)] == \
         [("a", 2)]
     assert {r.person_id for r, _ in second.search("m", [1, 1], top_k=5)} == {"a"}
+
+
+def test_person_ids_and_filters_holding_nul_match_nothing(store):
+    store.add_set(faces_of("a", unit(1, 0)), existing=False)
+    assert store.get_person("a\x00") is None and store.delete_person("a\x00") is False
+    assert store.update_person("a\x00", "x", None) is None
+    with pytest.raises(NotFound):
+        store.merge_persons("a", ["a\x00"])
+    with pytest.raises(NotFound):
+        store.move_face("f\x00", None)
+    assert store.list_persons(PersonFilters(name_prefix="\x00"), 10, 0) == []
+    assert store.count_persons(PersonFilters(model="m\x00")) == 0
+    assert store.count_persons() == 1

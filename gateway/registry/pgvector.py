@@ -18,11 +18,11 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from face_contract.errors import NotFound, NotReady, Unavailable
+from face_contract.errors import InvalidInput, NotFound, NotReady, Unavailable
 
 from .base import (Filters, Person, PersonFilters, Record, VectorStore, check_merge,
                    check_person, grouped, labels_json, merged_labels, one_person, person_prefix,
-                   ranked, read_labels, readable, unit_query, where)
+                   ranked, read_labels, readable, unit_query, unknown_person, where)
 
 log = logging.getLogger("gateway.store")
 
@@ -76,6 +76,12 @@ PERSON_FIELDS = ("person_id, model, name, labels::text, created_at,"
 def _literal(vector: np.ndarray) -> str:
     """pgvector's text form; repr of each float32 reads back as exactly that float32."""
     return "[" + ",".join(map(repr, vector.astype(np.float32).tolist())) + "]"
+
+
+def _has_nul(*texts: str | None) -> bool:
+    """PostgreSQL text cannot hold NUL: such an id or filter matches nothing stored (as on
+    the local store), and such a name or label cannot be stored."""
+    return any(text is not None and "\0" in text for text in texts)
 
 
 def _index_name(model: str) -> sql.Identifier:
@@ -226,9 +232,16 @@ class PgVectorStore(VectorStore):
             " ((embedding::vector({})) vector_cosine_ops) WHERE model = {}").format(
                 _index_name(model), sql.Literal(dimension), sql.Literal(model)))
 
+    def _refuse_nul(self):
+        raise InvalidInput(f"the registry store '{self.name}' (PostgreSQL) cannot store text "
+                           "holding a NUL character (\\u0000) in a name or label")
+
     def add_set(self, records: list[Record], existing: bool) -> None:
         person_id, model = one_person(records)
         labels = [labels_json(record) for record in records]
+        if any(_has_nul(r.name, r.model, r.person_id, *r.labels, *r.labels.values())
+               for r in records):
+            self._refuse_nul()
 
         def work(conn):
             with conn.transaction():
@@ -251,11 +264,16 @@ class PgVectorStore(VectorStore):
         self._run(work)
 
     def get(self, record_id: str) -> Record | None:
+        if _has_nul(record_id):
+            return None
         row = self._run(lambda conn: conn.execute(
             f"SELECT {FIELDS} FROM face_records WHERE id = %s", (record_id,)).fetchone())
         return _record(row) if row else None
 
     def delete(self, record_id: str) -> bool:
+        if _has_nul(record_id):
+            return False
+
         def work(conn):
             with conn.transaction():
                 row = conn.execute("SELECT person_id FROM face_records WHERE id = %s",
@@ -272,6 +290,9 @@ class PgVectorStore(VectorStore):
     # -- persons ----------------------------------------------------------------------------
 
     def get_person(self, person_id: str) -> Person | None:
+        if _has_nul(person_id):
+            return None
+
         def work(conn):
             with conn.transaction():
                 row = conn.execute(f"SELECT {PERSON_FIELDS} FROM face_persons p"
@@ -283,6 +304,8 @@ class PgVectorStore(VectorStore):
         return _person(row, [_record(face) for face in faces]) if row else None
 
     def list_persons(self, filters: PersonFilters, limit: int, offset: int) -> list[Person]:
+        if _has_nul(filters.model, filters.name, filters.name_prefix):
+            return []
         where_sql, args = person_prefix(filters, "%s")
         rows = self._run(lambda conn: conn.execute(
             f"SELECT {PERSON_FIELDS} FROM face_persons p{where_sql}"
@@ -291,12 +314,17 @@ class PgVectorStore(VectorStore):
         return [_person(row) for row in rows]
 
     def count_persons(self, filters: PersonFilters = PersonFilters()) -> int:
+        if _has_nul(filters.model, filters.name, filters.name_prefix):
+            return 0
         where_sql, args = person_prefix(filters, "%s")
         return self._run(lambda conn: conn.execute(
             f"SELECT count(*) FROM face_persons{where_sql}", args).fetchone()[0])
 
     def update_person(self, person_id: str, name: str | None,
                       labels: dict[str, str] | None) -> Person | None:
+        if _has_nul(person_id):
+            return None
+
         def work(conn):
             with conn.transaction():
                 row = _locked_person(conn, person_id)
@@ -314,6 +342,9 @@ class PgVectorStore(VectorStore):
         return _person(row) if row else None
 
     def delete_person(self, person_id: str) -> bool:
+        if _has_nul(person_id):
+            return False
+
         def work(conn):
             with conn.transaction():
                 if _locked_person(conn, person_id) is None:
@@ -325,6 +356,9 @@ class PgVectorStore(VectorStore):
 
     def merge_persons(self, into: str, others: list[str]) -> Person:
         others = [other for other in dict.fromkeys(others) if other != into]
+        for person_id in (into, *others):
+            if _has_nul(person_id):
+                raise unknown_person(person_id)
 
         def work(conn):
             with conn.transaction():
@@ -346,6 +380,11 @@ class PgVectorStore(VectorStore):
         return _person(self._run(work))
 
     def move_face(self, face_id: str, person_id: str | None) -> Person:
+        if _has_nul(face_id):
+            raise NotFound(f"no registered face has id '{face_id}'")
+        if _has_nul(person_id):
+            raise unknown_person(person_id)
+
         def work(conn):
             with conn.transaction():
                 face = conn.execute("SELECT person_id, model, name, labels::text, registered_at"
@@ -375,12 +414,16 @@ class PgVectorStore(VectorStore):
         return grouped((pid, _vector(text)) for pid, text in rows)
 
     def recognizers(self, model: str) -> dict[str, int]:
+        if _has_nul(model):
+            return {}
         return dict(self._run(lambda conn: conn.execute(
             "SELECT recognizer, count(*) FROM face_records WHERE model = %s GROUP BY recognizer",
             (model,)).fetchall()))
 
     def search(self, model: str, vector, top_k: int) -> list[tuple[Record, float]]:
         query = unit_query(vector)
+        if _has_nul(model):
+            return []
         candidates = max(MIN_CANDIDATES, 2 * top_k)
         ef_search = min(MAX_EF_SEARCH, EF_SEARCH_PER_CANDIDATE * candidates)
 
@@ -414,6 +457,8 @@ class PgVectorStore(VectorStore):
         return ranked([(_record(r), d) for r, d in zip(rows, distances)], top_k)
 
     def list(self, filters: Filters, limit: int, offset: int) -> list[Record]:
+        if _has_nul(filters.model, filters.name):
+            return []
         where_sql, args = where(filters, "%s")
         rows = self._run(lambda conn: conn.execute(
             f"SELECT {FIELDS} FROM face_records{where_sql} {ORDER} LIMIT %s OFFSET %s",
@@ -421,6 +466,8 @@ class PgVectorStore(VectorStore):
         return [_record(row) for row in rows]
 
     def count(self, filters: Filters = Filters()) -> int:
+        if _has_nul(filters.model, filters.name):
+            return 0
         where_sql, args = where(filters, "%s")
         return self._run(lambda conn: conn.execute(
             f"SELECT count(*) FROM face_records{where_sql}", args).fetchone()[0])
