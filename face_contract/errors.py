@@ -31,6 +31,11 @@ class NotReady(FaceError):
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Conflict(FaceError):
+    """The request contradicts what is stored: templates another recognizer made (409)."""
+    grpc_code = grpc.StatusCode.ABORTED
+
+
 class Unavailable(FaceError):
     """The registry's database or disk is unreachable or refuses writes for now (503)."""
     grpc_code = grpc.StatusCode.UNAVAILABLE
@@ -60,6 +65,7 @@ GRPC_TO_HTTP = {
     grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request"),
     grpc.StatusCode.NOT_FOUND: (404, "not_found"),
     grpc.StatusCode.FAILED_PRECONDITION: (412, "precondition_failed"),
+    grpc.StatusCode.ABORTED: (409, "conflict"),
     grpc.StatusCode.UNAUTHENTICATED: (401, "unauthorized"),
     grpc.StatusCode.PERMISSION_DENIED: (403, "forbidden"),
     grpc.StatusCode.UNIMPLEMENTED: (501, "unimplemented"),
@@ -69,7 +75,7 @@ GRPC_TO_HTTP = {
 }
 HTTP_ERROR_TYPES = {
     400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    412: "precondition_failed", 413: "payload_too_large", 501: "unimplemented",
+    409: "conflict", 412: "precondition_failed", 413: "payload_too_large", 501: "unimplemented",
     503: "unavailable", 500: "internal",
 }
 

@@ -1,7 +1,8 @@
 """`face-gateway enroll DIR --model M`: registers a folder-per-person tree of photos.
 
-DIR/<person>/<photo> becomes one record named <person> (photos in deeper folders count
-for their top folder), labelled `source` = the photo's path relative to DIR, plus the
+DIR/<person>/<photo> becomes a face of one person named <person> (photos in deeper folders
+count for their top folder; a folder's photos are registered one after another, the first
+creating the person and the others added by its person_id), each labelled `source` = the photo's path relative to DIR, plus the
 columns of an optional CSV that has a `file` column holding that same path. The
 service is the source of truth for what is done: the enroller first pages through
 the registry of the model and store and skips every photo whose `source` is there, so
@@ -223,9 +224,9 @@ class Enroller:
             raise SystemExit(f"face-gateway enroll: model '{self.args.model}' is not served by "
                              f"{self.args.url} (models: {', '.join(names) or 'none'})")
 
-    async def registered_sources(self) -> set[str]:
-        """`source` labels of the records of this model and store, page by page."""
-        sources, offset, total = set(), 0, 1
+    async def registered_sources(self) -> dict[str, str]:
+        """`source` label -> person_id of the records of this model and store, page by page."""
+        sources, offset, total = {}, 0, 1
         while offset < total:
             response = await self._request("GET", "/v1/face/registry", params={
                 **self._scope(), "limit": PAGE_SIZE, "offset": offset})
@@ -234,19 +235,22 @@ class Enroller:
             total, items = page["total"], page["items"]
             if not items:
                 break
-            sources.update(i["labels"][SOURCE_LABEL] for i in items if SOURCE_LABEL in i["labels"])
+            sources.update((i["labels"][SOURCE_LABEL], i["person_id"]) for i in items
+                           if SOURCE_LABEL in i["labels"])
             offset += len(items)
         return sources
 
-    async def register(self, relative: str, tally: Tally) -> None:
+    async def register(self, relative: str, tally: Tally, persons: dict[str, str]) -> None:
+        """Registers one photo to its folder's person (persons: folder -> person_id)."""
         try:
             data = await asyncio.to_thread(read_photo, self.args.dir, relative,
                                            self.args.max_bytes)
         except Refused as exc:
             tally.failed.append(f"{relative}: {exc}")
             return
-        body = {**self._scope(), "name": relative.split("/", 1)[0],
-                "img": base64.b64encode(data).decode("ascii"),
+        folder = relative.split("/", 1)[0]
+        person = {"person_id": persons[folder]} if folder in persons else {"name": folder}
+        body = {**self._scope(), **person, "img": base64.b64encode(data).decode("ascii"),
                 "labels": {**self.labels.get(relative, {}), SOURCE_LABEL: relative}}
         try:
             response = await self._request("POST", "/v1/face/register", json=body)
@@ -257,6 +261,7 @@ class Enroller:
             return
         if response.status_code == 200:
             tally.registered += 1
+            persons.setdefault(folder, response.json()["person_id"])
         elif response.status_code == 404 and "no face" in _message(response):
             tally.no_face.append(relative)
         else:
@@ -286,15 +291,21 @@ async def enroll(args: argparse.Namespace) -> Tally:
         started = time.monotonic()
         photos = find_photos(args.dir)
         done = await enroller.registered_sources()
+        persons = {source.split("/", 1)[0]: person_id for source, person_id in done.items()}
         tally = Tally(total=len(photos), skipped=sum(p in done for p in photos), started=started)
         progress = Progress(tally)
-        queue = [p for p in photos if p not in done]
+        folders: dict[str, list[str]] = {}
+        for photo in photos:
+            if photo not in done:
+                folders.setdefault(photo.split("/", 1)[0], []).append(photo)
+        queue = list(folders.values())
         queue.reverse()  # pop() from the end takes them in order
 
-        async def worker():
+        async def worker():  # one folder at a time: its first photo creates the person
             while queue:
-                await enroller.register(queue.pop(), tally)
-                progress.show()
+                for photo in queue.pop():
+                    await enroller.register(photo, tally, persons)
+                    progress.show()
 
         try:
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))

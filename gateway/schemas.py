@@ -40,6 +40,25 @@ IMAGE_FIELDS = ("img", "img1", "img2", "image", "imgs")  # imgs: the part repeat
 JPEG = "/9j/4AAQSkZJRgABAQAAAQABAAD..."  # base64 of a JPEG, shortened in the examples
 
 
+def not_blank(name: str | None) -> str | None:
+    if name is not None and not name.strip():
+        raise ValueError("name must not be blank")
+    return name
+
+
+def bounded_labels(labels: dict[str, str] | None) -> dict[str, str] | None:
+    if labels is None:
+        return None
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels are allowed, got {len(labels)}")
+    for key, value in labels.items():
+        if not key or len(key) > MAX_LABEL_KEY:
+            raise ValueError(f"label keys must be 1 to {MAX_LABEL_KEY} characters")
+        if len(value) > MAX_LABEL_VALUE:
+            raise ValueError(f"label '{key}' is longer than {MAX_LABEL_VALUE} characters")
+    return labels
+
+
 def example(**body) -> ConfigDict:
     """A request example for the OpenAPI docs."""
     return ConfigDict(json_schema_extra={"examples": [body]})
@@ -86,7 +105,11 @@ class RegisterRequest(BaseModel):
                     "or one template record with `template`")
     template: bool = Field(False, description="with imgs: store one record whose embedding is "
                                               "the re-normalised mean of the photos' embeddings")
-    name: str = Field(min_length=1, max_length=MAX_NAME)
+    name: str | None = Field(None, min_length=1, max_length=MAX_NAME,
+                             description="a new person's name; exactly one of name and person_id")
+    person_id: str | None = Field(None, min_length=1, max_length=MAX_ID,
+                                  description="add the photo(s) to this person (404 if unknown); "
+                                              "omitted: a new person, all of imgs in one")
     labels: dict[str, str] | None = Field(
         None, description=f"at most {MAX_LABELS} labels; keys up to {MAX_LABEL_KEY} and "
                           f"values up to {MAX_LABEL_VALUE} characters")
@@ -94,24 +117,10 @@ class RegisterRequest(BaseModel):
 
     @field_validator("name")
     @classmethod
-    def _name_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("name must not be blank")
-        return value
+    def _name_not_blank(cls, value: str | None) -> str | None:
+        return not_blank(value)
 
-    @field_validator("labels")
-    @classmethod
-    def _bounded_labels(cls, labels: dict[str, str] | None) -> dict[str, str] | None:
-        if labels is None:
-            return None
-        if len(labels) > MAX_LABELS:
-            raise ValueError(f"at most {MAX_LABELS} labels are allowed, got {len(labels)}")
-        for key, value in labels.items():
-            if not key or len(key) > MAX_LABEL_KEY:
-                raise ValueError(f"label keys must be 1 to {MAX_LABEL_KEY} characters")
-            if len(value) > MAX_LABEL_VALUE:
-                raise ValueError(f"label '{key}' is longer than {MAX_LABEL_VALUE} characters")
-        return labels
+    _labels = field_validator("labels")(bounded_labels)
 
 
     def photos(self) -> list[tuple[str, str]]:
@@ -119,6 +128,11 @@ class RegisterRequest(BaseModel):
         if (self.img is None) == (self.imgs is None):
             raise InvalidInput("send exactly one of img (one photo) or imgs (several photos "
                                "of one person)")
+        if self.name is None and self.person_id is None:
+            raise InvalidInput("name is required (or person_id, to add photos to a person)")
+        if self.name is not None and self.person_id is not None:  # the person has its name
+            raise InvalidInput("send name (a new person) or person_id (photos of a registered "
+                               "person, who keeps their name), not both")
         if self.img is not None:
             return [("img", self.img)]
         return [(f"imgs[{i}]", img) for i, img in enumerate(self.imgs)]
@@ -139,9 +153,41 @@ class IdentifyRequest(BaseModel):
     fpir: float | None = Field(None, gt=0, lt=1, description="target false-positive "
                                "identification rate of match_policy fpir (default: the model's "
                                "fpir option, else 0.01)")
-    group_by: Literal["name"] | None = Field(
-        None, description="name: one match per person (their nearest face), so a person "
-                          "enrolled with many photos does not fill the top_k alone")
+    group_by: Literal["name", "person"] | None = Field(
+        None, description="person: one match per registered person (person_id, faces), so a "
+                          "person enrolled with many photos does not fill the top_k alone; "
+                          "name: one match per name (their nearest face)")
+    store: str | None = StoreField
+
+
+class PersonPatch(BaseModel):
+    model_config = example(name="Ann Lee-Smith", labels={"team": "red"})
+
+    name: str | None = Field(None, min_length=1, max_length=MAX_NAME)
+    labels: dict[str, str] | None = Field(None, description="replace the person's labels")
+
+    _name = field_validator("name")(not_blank)
+    _labels = field_validator("labels")(bounded_labels)
+
+
+class MergeRequest(BaseModel):
+    model_config = example(**{"into": "5f0c6f1e-9b8d-4c43-a1e2-b7d9c0a4f6e1",
+                              "from": ["0b7e2c1d-3f4a-4e5b-8c6d-7e8f9a0b1c2d"]})
+
+    into: str = Field(min_length=1, max_length=MAX_ID, description="the person that stays")
+    from_: list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]] = Field(
+        alias="from", min_length=1, max_length=MAX_LIST_LIMIT,
+        description="people whose faces move to `into`; they are deleted")
+    store: str | None = StoreField
+
+
+class MoveRequest(BaseModel):
+    model_config = example(face_id="5f0c6f1e-9b8d-4c43-a1e2-b7d9c0a4f6e1")
+
+    face_id: str = Field(min_length=1, max_length=MAX_ID)
+    person_id: str | None = Field(None, min_length=1, max_length=MAX_ID,
+                                  description="the person it moves to; omitted: a new person "
+                                              "of its own (a split)")
     store: str | None = StoreField
 
 
@@ -219,17 +265,21 @@ class RegisterResponse(BaseModel):
     id: str = Field(description="the record's id (with imgs: the first record's)")
     name: str
     registered_at: str
+    person_id: str = Field(description="the person the photo(s) belong to")
     ids: list[str] | None = Field(None, description="with imgs: every record's id, in the "
                                                     "order of imgs (one id with template)")
 
 
 class IdentifyMatch(BaseModel):
-    id: str
+    id: str = Field(description="the face's id (group_by person: the person's nearest face)")
     name: str
-    labels: dict[str, str]
+    labels: dict[str, str] = Field(description="the face's labels (group_by person: those of "
+                                               "the nearest face)")
     distance: float
     confidence: float
     match: bool
+    person_id: str
+    faces: int | None = Field(None, description="group_by person: the person's faces")
 
 
 class IdentifyResponse(BaseModel):
@@ -241,8 +291,8 @@ class IdentifyResponse(BaseModel):
         description="request; the model's identify_threshold option; its recognizer's calibrated "
                     "default; its verify threshold (recognizer not calibrated); or derived for fpir")
     fpir: float | None = Field(None, description="match_policy fpir: the target it was derived for")
-    gallery_size: int | None = Field(None, description="match_policy fpir: faces of this model "
-                                                       "in the store it was derived for")
+    gallery_size: int | None = Field(None, description="match_policy fpir: people of this "
+                                                       "model in the store it was derived for")
 
 
 class Detection(BaseModel):
@@ -260,6 +310,7 @@ class DetectionResponse(BaseModel):
 
 class RegistryItem(BaseModel):
     id: str
+    person_id: str
     name: str
     labels: dict[str, str]
     model: str
@@ -268,6 +319,31 @@ class RegistryItem(BaseModel):
 
 class RegistryResponse(BaseModel):
     items: list[RegistryItem]
+    total: int = Field(description="faces that match the filters")
+    people: int = Field(description="people those faces belong to")
+
+
+class PersonFace(BaseModel):
+    id: str
+    labels: dict[str, str]
+    registered_at: str
+
+
+class Person(BaseModel):
+    person_id: str
+    name: str
+    labels: dict[str, str]
+    model: str
+    created_at: str
+    faces: int = Field(description="how many faces (registered photos) the person has")
+
+
+class PersonDetail(Person):
+    records: list[PersonFace] = Field(description="the person's faces, oldest first")
+
+
+class PeopleResponse(BaseModel):
+    items: list[Person]
     total: int
 
 

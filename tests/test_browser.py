@@ -12,7 +12,8 @@ from support import FACES, ROOT, backend_process, needs_shared
 
 CHROMIUM = pathlib.Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
-TRAIN = FACES / "face_recognition" / "examples" / "knn_examples" / "train"
+EXAMPLES = FACES / "face_recognition" / "examples"
+TRAIN = EXAMPLES / "knn_examples" / "train"
 MODEL = "test-pack"
 GREEN = (0x30, 0xA4, 0x6C)  # the page's colour for a face box that matched
 
@@ -191,3 +192,55 @@ def test_a_401_makes_the_page_ask_for_a_key_and_send_it(page, tmp_path):
         page.click("#key-dialog button[value=cancel]")
         assert page.wait_for_selector("#analyze .result.error").inner_text()
         assert page.evaluate("localStorage.getItem('face-api-key')") == "my-key"
+
+
+def test_the_people_view_adds_photos_merges_and_forgets_with_a_confirmation(page, gateway):
+    with httpx.Client(base_url=gateway, timeout=60) as api:
+        for person in api.get("/v1/face/people").json()["items"]:  # what earlier tests left
+            api.delete(f"/v1/face/people/{person['person_id']}")
+        obama = api.post("/v1/face/register", data={"name": "Obama"}, files=[
+            ("imgs", (f.name, f.read_bytes(), "image/jpeg"))
+            for f in (TRAIN / "obama" / "obama.jpg", TRAIN / "obama" / "obama2.jpg")]).json()
+        again = api.post("/v1/face/register", data={"name": "Obama (again)"}, files={
+            "img": (EXAMPLES / "obama-480p.jpg").read_bytes()}).json()
+        api.post("/v1/face/register", data={"name": "Rose Leslie"},
+                 files={"img": (TRAIN / "rose_leslie" / "img1.jpg").read_bytes()})
+    page.goto(gateway + "/")
+    page.wait_for_selector("#people .count:text('(3)')")
+    rows = page.locator("#people tbody tr")
+    assert rows.locator(".name").all_inner_texts() == ["Obama", "Obama (again)", "Rose Leslie"]
+    assert rows.locator(".faces").all_inner_texts() == ["2", "1", "1"]
+    assert "3 of 3 people" in page.inner_text("#people .range")
+    assert page.inner_text("#registry .count") == "(4)"  # photos, not people
+
+    page.fill("#people input[name=name]", "Oba")  # a name prefix search
+    page.wait_for_selector("#people .count:text('(2)')")
+    assert page.is_disabled("#people button.merge")
+    page.check(f"#people input.pick[value='{obama['person_id']}']")
+    page.check(f"#people input.pick[value='{again['person_id']}']")
+    page.click("#people button.merge")  # the first ticked is kept
+    page.wait_for_selector("#people .count:text('(1)')")
+    assert rows.locator(".faces").all_inner_texts() == ["3"]
+    page.screenshot(path=ARTIFACTS / "page-people-merged.png", full_page=True)
+
+    with page.expect_file_chooser() as chooser:
+        rows.first.locator("button.add").click()
+    chooser.value.set_files([EXAMPLES / "obama_small.jpg"])
+    page.wait_for_selector("#people .faces:text('4')")
+    page.wait_for_selector("#registry .count:text('(5)')")
+
+    forget = rows.first.locator("button.forget")
+    forget.click()  # asks first
+    assert forget.inner_text() == "Forget Obama and 4 photos?"
+    page.screenshot(path=ARTIFACTS / "page-people-confirm.png", full_page=True)
+    rows.first.locator("button.cancel").click()
+    assert forget.inner_text() == "Forget" and rows.count() == 1
+    forget.click()
+    forget.click()
+    page.wait_for_selector("#people .range:text('nobody yet')")
+    page.fill("#people input[name=name]", "")
+    page.wait_for_selector("#people .count:text('(1)')")
+    assert rows.locator(".name").all_inner_texts() == ["Rose Leslie"]
+    assert page.inner_text("#registry .count") == "(1)"
+    page.screenshot(path=ARTIFACTS / "page-people.png", full_page=True)
+    assert page.blocked == []

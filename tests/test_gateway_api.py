@@ -139,18 +139,18 @@ def test_models_lists_installed_and_external(api):
 def test_registry_listing_order_filters_and_paging(api, seeded):
     _, records, _ = seeded
     body = api.get("/v1/face/registry").json()
-    assert body["total"] == 5
+    assert body["total"] == 5 and body["people"] == 5
     assert [i["id"] for i in body["items"]] == [r.id for r in records]
     first = body["items"][0]
-    assert set(first) == {"id", "name", "labels", "model", "registered_at"}  # never the embedding
     assert first == {"id": records[0].id, "name": records[0].name, "labels": records[0].labels,
-                     "model": records[0].model, "registered_at": records[0].registered_at}
+                     "model": records[0].model, "registered_at": records[0].registered_at,
+                     "person_id": records[0].person_id}  # never the embedding
     page = api.get("/v1/face/registry", params={"limit": 2, "offset": 1}).json()
     assert page["total"] == 5 and [i["id"] for i in page["items"]] == [r.id for r in records[1:3]]
     alpha = api.get("/v1/face/registry", params={"model": "alpha"}).json()
     assert alpha["total"] == 3 and {i["model"] for i in alpha["items"]} == {"alpha"}
     ann = api.get("/v1/face/registry", params={"name": "ann", "model": "beta"}).json()
-    assert ann["total"] == 1 and ann["items"][0]["name"] == "ann"
+    assert ann["total"] == 1 and ann["people"] == 1 and ann["items"][0]["name"] == "ann"
     archive = api.get("/v1/face/registry", params={"store": "archive"}).json()
     assert archive["total"] == 1 and archive["items"][0]["name"] == "zed"
     error_of(api.get("/v1/face/registry", params={"limit": 1001}), 400, "limit")
@@ -195,7 +195,7 @@ def test_health_and_openapi_docs(api):
     spec = api.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
     assert {"VerifyRequest", "VerifyResponse", "IdentifyResponse", "ErrorResponse"} <= set(schemas)
-    assert set(schemas["RegisterRequest"]["required"]) == {"name"}  # and one of img / imgs
+    assert "required" not in schemas["RegisterRequest"]  # one of img / imgs; name or person_id
     assert {"img", "imgs", "template"} <= set(schemas["RegisterRequest"]["properties"])
     assert api.get("/docs").status_code == 200
 
@@ -278,3 +278,55 @@ def test_validation_errors_are_summarised_not_echoed(api):
     assert len(message) < 1500 and "z" * 300 not in message
     actions = api.post("/v1/face/analyze", json={"img": "a", "actions": list(range(8))})
     assert error_of(actions, 400, "actions.0", "and 3 more problems (8 in all)")
+
+
+def test_people_routes(tmp_path):
+    """List, show, rename, merge, split and forget people (the store suite covers the stores)."""
+    store = LocalStore(tmp_path / "data" / "local-store.sqlite3")
+    ann = [Record.new("ann", {"n": str(i)}, "alpha", np.eye(4)[i] + 0.1, person_id="p-ann")
+           for i in range(2)]
+    store.add_set(ann, existing=False)
+    anne = Record.new("anne", {}, "alpha", np.eye(4)[2] + 0.1)
+    store.add(anne)
+    bob = Record.new("bob", {}, "beta", np.eye(4)[3] + 0.1)
+    store.add(bob)
+    store.close()
+    write_config(tmp_path / "models", "alpha")
+    app = create_app(Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data"))
+    with app_server(app) as url, httpx.Client(base_url=url, timeout=30) as api:
+        listing = api.get("/v1/face/people", params={"name": "ann"}).json()
+        assert listing["total"] == 2
+        assert [(p["name"], p["faces"]) for p in listing["items"]] == [("ann", 2), ("anne", 1)]
+        assert api.get("/v1/face/people", params={"model": "beta"}).json()["total"] == 1
+        detail = api.get("/v1/face/people/p-ann").json()
+        assert [f["id"] for f in detail["records"]] == \
+            [r.id for r in sorted(ann, key=lambda r: (r.registered_at, r.id))]
+        assert {f["labels"]["n"] for f in detail["records"]} == {"0", "1"}
+        error_of(api.get("/v1/face/people/nobody"), 404, "nobody")
+
+        renamed = api.patch("/v1/face/people/p-ann", json={"name": "Ann Lee", "labels": {"t": "x"}})
+        assert renamed.status_code == 200, renamed.text
+        assert (renamed.json()["name"], renamed.json()["labels"]) == ("Ann Lee", {"t": "x"})
+        assert api.get("/v1/face/registry", params={"name": "Ann Lee"}).json()["total"] == 2
+        error_of(api.patch("/v1/face/people/p-ann", json={"name": " "}), 400, "name")
+        error_of(api.patch("/v1/face/people/nobody", json={"name": "x"}), 404, "nobody")
+
+        error_of(api.post("/v1/face/people/merge", json={"into": "p-ann", "from": [bob.person_id]}),
+                 400, "one model")
+        error_of(api.post("/v1/face/people/merge", json={"into": "p-ann", "from": []}), 400, "from")
+        merged = api.post("/v1/face/people/merge", json={"into": "p-ann",
+                                                         "from": [anne.person_id]}).json()
+        assert merged["faces"] == 3
+        error_of(api.get(f"/v1/face/people/{anne.person_id}"), 404)
+
+        split = api.post("/v1/face/people/move", json={"face_id": anne.id}).json()
+        assert split["faces"] == 1 and split["name"] == "Ann Lee"
+        assert api.get("/v1/face/registry").json()["people"] == 3
+        error_of(api.post("/v1/face/people/move", json={"face_id": anne.id, "person_id": "nobody"}),
+                 404, "nobody")
+
+        assert api.delete("/v1/face/people/p-ann").status_code == 204
+        error_of(api.delete("/v1/face/people/p-ann"), 404, "p-ann")
+        assert api.get("/v1/face/registry").json()["total"] == 2
+        assert api.post("/v1/face/forget", json={"id": anne.id}).status_code == 204
+        assert api.get("/v1/face/people").json()["total"] == 1  # the person went with its face

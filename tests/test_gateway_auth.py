@@ -96,6 +96,15 @@ def test_read_only_key_reads_and_gets_403_on_writes(keyed):
                 assert response.status_code in (400, 503), response.text
     for path in READ_GETS:
         assert call(client, path, RO).status_code == 200
+    people = {"x-api-key": RO}
+    assert client.get("/v1/face/people", headers=people).status_code == 200
+    assert client.get("/v1/face/people/nobody", headers=people).status_code == 404
+    for method, path, body in (("PATCH", "/v1/face/people/nobody", {"name": "x"}),
+                               ("DELETE", "/v1/face/people/nobody", None),
+                               ("POST", "/v1/face/people/merge", {"into": "a", "from": ["b"]}),
+                               ("POST", "/v1/face/people/move", {"face_id": "a"})):
+        response = client.request(method, path, json=body, headers=people)
+        error_of(response, 403, "read-only", path)
 
 
 def test_read_write_key_passes_everywhere_and_both_headers_work(keyed):

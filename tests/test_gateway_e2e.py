@@ -77,8 +77,9 @@ FACE = {"region": AREA, "face_confidence": float, "age": float, "dominant_gender
 DETECTION = {"x": float, "y": float, "width": float, "height": float, "class_name": str,
              "confidence": float}
 MATCH = {"id": str, "name": str, "labels": dict, "distance": float, "confidence": float,
-         "match": bool}
-ITEM = {"id": str, "name": str, "labels": dict, "model": str, "registered_at": str}
+         "match": bool, "person_id": str}
+ITEM = {"id": str, "name": str, "labels": dict, "model": str, "registered_at": str,
+        "person_id": str}
 
 
 def assert_shape(value, shape, where="body"):
@@ -123,7 +124,7 @@ def test_route_json_matches_protocol(gw):
     assert_shape(ok(gw.post("/v1/detection", json={"image": img})), {"detections": [DETECTION]})
     reg = ok(gw.post("/v1/face/register", json={"img": img, "name": "shape-check",
                                                 "labels": {"role": "schema"}}))
-    assert_shape(reg, {"id": str, "name": str, "registered_at": str})
+    assert_shape(reg, {"id": str, "name": str, "registered_at": str, "person_id": str})
     assert_shape(ok(gw.post("/v1/face/identify", json={"img": img, "top_k": 1})),
                  {"matches": [MATCH], "threshold": float, "match_policy": str,
                   "threshold_source": str})
@@ -132,7 +133,14 @@ def test_route_json_matches_protocol(gw):
                  {"matches": [MATCH], "threshold": float, "match_policy": str,
                   "threshold_source": str, "fpir": float, "gallery_size": int})
     listing = ok(gw.get("/v1/face/registry", params={"name": "shape-check"}))
-    assert_shape(listing, {"items": [ITEM], "total": int})
+    assert_shape(listing, {"items": [ITEM], "total": int, "people": int})
+    assert_shape(ok(gw.post("/v1/face/identify", json={"img": img, "group_by": "person"})),
+                 {"matches": [{**MATCH, "faces": int}], "threshold": float, "match_policy": str,
+                  "threshold_source": str})
+    assert_shape(ok(gw.get(f"/v1/face/people/{reg['person_id']}")),
+                 {"person_id": str, "name": str, "labels": dict, "model": str,
+                  "created_at": str, "faces": int,
+                  "records": [{"id": str, "labels": dict, "registered_at": str}]})
     ok(gw.post("/v1/face/forget", json={"id": reg["id"]}), 204)
 
 

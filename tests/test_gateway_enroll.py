@@ -86,6 +86,8 @@ def test_register_several_photos_as_records_or_one_template(gw):
     several = ok(gw.post("/v1/face/register", json={"imgs": photos, "name": name,
                                                     "labels": {"set": "imgs"}}))
     assert len(several["ids"]) == 3 and several["id"] == several["ids"][0]
+    faces = [r for r in registry(gw, name=name) if r["id"] in several["ids"]]
+    assert {r["person_id"] for r in faces} == {several["person_id"]}  # one person
     template = ok(gw.post("/v1/face/register", json={"imgs": photos, "name": name,
                                                      "template": True}))
     assert template["ids"] == [template["id"]]
@@ -160,6 +162,12 @@ def test_interrupted_enroll_resumes_without_duplicates(gw, tmp_path):
     assert (skipped, total, failed) == (before, len(photos), 0)
     sources = [r["labels"]["source"] for r in registry(gw, store="small")]
     assert len(sources) == len(set(sources)) == before + registered == len(photos) - no_face
+    persons = {}  # one person per folder, across the two runs
+    for r in registry(gw, store="small"):
+        persons.setdefault(r["name"], set()).add(r["person_id"])
+    assert len(persons) == 10 and all(len(ids) == 1 for ids in persons.values())
+    listed = ok(gw.get("/v1/face/people", params={"store": "small"}))
+    assert listed["total"] == 10 and sum(p["faces"] for p in listed["items"]) == len(sources)
 
 
 def test_enroll_finds_photos_per_person_and_reads_label_csvs(tmp_path):

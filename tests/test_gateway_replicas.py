@@ -71,3 +71,20 @@ def test_the_database_going_away_is_a_503_and_coming_back_needs_no_restart(repli
     [top] = ok(two.post("/v1/face/identify", json={"img": second, "top_k": 1}))["matches"]
     assert top["id"] == registered["id"]
     ok(one.post("/v1/face/forget", json={"id": registered["id"]}))
+
+
+def test_merges_and_forgets_of_people_are_seen_by_the_other_gateway_at_once(replicas):
+    one, two = replicas
+    person, first, second = two_photos_of_someone()
+    a = ok(one.post("/v1/face/register", json={"img": first, "name": person}))
+    b = ok(one.post("/v1/face/register", json={"img": second, "name": person + " (2)"}))
+    merged = ok(two.post("/v1/face/people/merge", json={"into": a["person_id"],
+                                                        "from": [b["person_id"]]}))
+    assert merged["faces"] == 2
+    [top] = ok(one.post("/v1/face/identify", json={"img": second, "top_k": 5,
+                                                   "group_by": "person"}))["matches"]
+    assert (top["person_id"], top["name"], top["faces"]) == (a["person_id"], person, 2)
+    assert one.get(f"/v1/face/people/{b['person_id']}").status_code == 404
+    assert two.delete(f"/v1/face/people/{a['person_id']}").status_code == 204
+    assert ok(one.post("/v1/face/identify", json={"img": second}))["matches"] == []
+    assert ok(one.get("/v1/face/registry"))["people"] == 0

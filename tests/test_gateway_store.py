@@ -1,13 +1,15 @@
 """The registry stores over the VectorStore interface: one suite run on the local store and
 on a real PostgreSQL + pgvector (started by the `postgres` session fixture)."""
 import re
+import sqlite3
 
 import numpy as np
+import psycopg
 import pytest
 
-from face_contract.errors import FaceError, InvalidInput, NotReady
-from gateway.registry import (Filters, LocalStore, PgVectorStore, Record, open_store, open_stores,
-                           require)
+from face_contract.errors import FaceError, InvalidInput, NotFound, NotReady
+from gateway.registry import (Filters, LocalStore, PersonFilters, PgVectorStore, Record,
+                              open_store, open_stores, require)
 
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -189,3 +191,134 @@ def test_stores_by_name_and_dsn(tmp_path, postgres):
     finally:
         stores.close()
     assert require(open_stores(tmp_path / "d", ["a", "local-store"]), None).name == "local-store"
+
+
+# -- persons --------------------------------------------------------------------------------
+
+def faces_of(person_id, *vectors, name="ann", model="m", labels=None):
+    return [Record.new(name, labels or {}, model, v, person_id=person_id) for v in vectors]
+
+
+def test_a_set_of_faces_is_stored_whole_or_not_at_all(store):
+    first, second = faces_of("p-1", unit(1, 0, 0), unit(0, 1, 0))
+    second.id = first.id  # the second insert fails inside the transaction
+    with pytest.raises(Exception):
+        store.add_set([first, second], existing=False)
+    assert store.count() == 0 and store.count_persons() == 0
+    assert store.search("m", [1, 0, 0], top_k=5) == []
+    with pytest.raises(NotFound, match="no person"):
+        store.add_set(faces_of("nobody", unit(1, 0, 0)), existing=True)
+    assert store.count() == 0
+
+
+def test_person_operations(store):
+    ann = faces_of("a", unit(1, 0, 0), unit(1, 0.1, 0), unit(1, 0, 0.1), labels={"team": "x"})
+    store.add_set(ann, existing=False)
+    bob = faces_of("b", unit(0, 1, 0), name="bob")
+    store.add_set(bob, existing=False)
+    other = faces_of("o", unit(0, 1, 0), name="annabel", model="n")
+    store.add_set(other, existing=False)
+    later = faces_of("a", unit(1, 0.2, 0), name="ignored: the person's name wins")
+    store.add_set(later, existing=True)
+    assert later[0].name == "ann"
+
+    got = store.get_person("a")
+    assert (got.name, got.labels, got.model, got.face_count) == ("ann", {"team": "x"}, "m", 4)
+    assert [f.id for f in got.faces] == \
+        [r.id for r in sorted(ann + later, key=lambda r: (r.registered_at, r.id))]
+    assert store.count() == 6 and store.count_persons() == 3
+    listed = store.list_persons(PersonFilters(name_prefix="ann"), 10, 0)
+    assert [(p.name, p.face_count) for p in listed] == [("ann", 4), ("annabel", 1)]
+    assert [p.person_id for p in store.list_persons(PersonFilters(model="m"), 1, 1)] == ["b"]
+    assert store.count_persons(PersonFilters(model="m", name_prefix="an")) == 1
+    with pytest.raises(InvalidInput, match="model 'n'"):
+        store.add_set(faces_of("o", unit(1, 0, 0)), existing=True)
+
+    renamed = store.update_person("b", "Robert", {"k": "v"})
+    assert (renamed.name, renamed.labels, renamed.face_count) == ("Robert", {"k": "v"}, 1)
+    assert store.get(bob[0].id).name == "Robert"
+    assert store.update_person("nobody", "x", None) is None
+
+    with pytest.raises(InvalidInput, match="one model"):
+        store.merge_persons("a", ["o"])
+    with pytest.raises(NotFound, match="'nobody'"):
+        store.merge_persons("a", ["b", "nobody"])
+    merged = store.merge_persons("a", ["b"])
+    assert (merged.person_id, merged.face_count, merged.labels) == ("a", 5, {"team": "x", "k": "v"})
+    assert store.get_person("b") is None and store.get(bob[0].id).person_id == "a"
+    assert store.search("m", [0, 1, 0], top_k=1)[0][0].person_id == "a"
+
+    split = store.move_face(bob[0].id, None)  # one entry was two people
+    assert split.person_id != "a" and split.face_count == 1 and split.name == "ann"
+    assert store.get_person("a").face_count == 4
+    moved = store.move_face(bob[0].id, "a")
+    assert moved.person_id == "a" and store.get_person(split.person_id) is None  # went with its face
+    with pytest.raises(NotFound):
+        store.move_face("no-face", "a")
+
+    for face in store.get_person("o").faces:  # the last face takes its person with it
+        assert store.delete(face.id)
+    assert store.get_person("o") is None and store.count_persons() == 1
+
+    assert store.delete_person("a") is True
+    assert store.delete_person("a") is False
+    assert store.count() == 0 and store.count_persons() == 0
+    assert store.search("m", [1, 0, 0], top_k=10) == []
+
+
+def test_a_forgotten_person_leaves_no_row_and_no_vector(kind, store, tmp_path):
+    marker = np.asarray([0.123456789, -0.987654321, 0.5, 0.25] * 8, dtype=np.float32)
+    kept = faces_of("k", unit(*range(1, 33)), name="kept")
+    gone = faces_of("g", marker, marker + 0.01, name="gone")
+    store.add_set(kept, existing=False)
+    store.add_set(gone, existing=False)
+    assert store.delete_person("g")
+    assert [r.person_id for r, _ in store.search("m", gone[0].embedding, top_k=10)] == ["k"]
+    if kind == "local":
+        raw = sqlite3.connect(store.path)
+        assert raw.execute("SELECT COUNT(*) FROM records WHERE person_id = 'g'").fetchone() == (0,)
+        assert raw.execute("SELECT COUNT(*) FROM persons WHERE person_id = 'g'").fetchone() == (0,)
+        raw.close()
+        files = [store.path, store.path.with_name(store.path.name + "-wal")]
+        held = b"".join(f.read_bytes() for f in files if f.exists())
+        for face in gone:  # not even in freed pages or the write-ahead log
+            assert face.embedding.astype("<f4").tobytes() not in held
+        assert kept[0].embedding.astype("<f4").tobytes() in held
+    else:
+        with psycopg.connect(store._dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM face_records WHERE person_id = 'g'"
+                                ).fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM face_persons WHERE person_id = 'g'"
+                                ).fetchone() == (0,)
+            conn.execute("SET enable_seqscan = off")  # what the model's HNSW index answers
+            near = conn.execute(
+                "SELECT person_id FROM face_records WHERE model = 'm' ORDER BY"
+                " embedding::vector(32) <=> %s::vector(32) LIMIT 10",
+                ("[" + ",".join(map(str, gone[0].embedding.tolist())) + "]",)).fetchall()
+            assert near == [("k",)]
+
+
+def test_merges_and_forgets_persist_and_are_seen_by_another_handle(reopen):
+    first = reopen()
+    first.add_set(faces_of("a", unit(1, 0)), existing=False)
+    first.add_set(faces_of("b", unit(0, 1), name="bee"), existing=False)
+    first.add_set(faces_of("c", unit(1, 1), name="sea"), existing=False)
+    first.merge_persons("a", ["b"])
+    first.delete_person("c")
+    second = reopen()
+    assert [(p.person_id, p.face_count) for p in second.list_persons(PersonFilters(), 10, 0)] == \
+        [("a", 2)]
+    assert {r.person_id for r, _ in second.search("m", [1, 1], top_k=5)} == {"a"}
+
+
+def test_person_ids_and_filters_holding_nul_match_nothing(store):
+    store.add_set(faces_of("a", unit(1, 0)), existing=False)
+    assert store.get_person("a\x00") is None and store.delete_person("a\x00") is False
+    assert store.update_person("a\x00", "x", None) is None
+    with pytest.raises(NotFound):
+        store.merge_persons("a", ["a\x00"])
+    with pytest.raises(NotFound):
+        store.move_face("f\x00", None)
+    assert store.list_persons(PersonFilters(name_prefix="\x00"), 10, 0) == []
+    assert store.count_persons(PersonFilters(model="m\x00")) == 0
+    assert store.count_persons() == 1

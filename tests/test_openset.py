@@ -6,7 +6,7 @@ import pytest
 
 from face_contract.errors import InvalidInput
 from gallery.configs import read_config
-from gateway.registry import openset
+from gateway.registry import openset, persons
 from gateway.registry import LocalStore, Record
 from gateway_support import write_config
 from support import REAL_PACK_OPTIONS
@@ -93,6 +93,10 @@ def test_calibration_table_is_monotone_and_recorded():
     assert CALIBRATED["record"] == "bench/results/identify_calibration.json"
 
 
+def NAME(record):
+    return record.name
+
+
 def test_group_by_name_keeps_each_persons_nearest_face(tmp_path):
     store = LocalStore(tmp_path / "s.sqlite3")
     rng = np.random.default_rng(0)
@@ -104,10 +108,10 @@ def test_group_by_name_keeps_each_persons_nearest_face(tmp_path):
         store.add(Record.new(name, {}, "m", probe + rng.normal(scale=scale, size=16)))
     faces = store.search("m", probe, 3)
     assert [r.name for r, _ in faces] == ["many"] * 3
-    people = openset.nearest_people(store, "m", probe, 3)
+    people = persons.nearest_by(store, "m", probe, 3, NAME)
     assert [r.name for r, _ in people] == ["many", "b", "c"]
     assert people[0][1] == faces[0][1]  # a person's distance is their nearest face's
-    assert [r.name for r, _ in openset.nearest_people(store, "m", probe, 10)] == [
+    assert [r.name for r, _ in persons.nearest_by(store, "m", probe, 10, NAME)] == [
         "many", "b", "c", "d"]
-    assert openset.nearest_people(store, "other", probe, 3) == []
+    assert persons.nearest_by(store, "other", probe, 3, NAME) == []
     store.close()

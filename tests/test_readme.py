@@ -92,7 +92,7 @@ def test_every_curl_in_the_readme_is_an_example():
     assert readme.count("curl ") == sum(c.count("curl ") for c, *_ in readme_examples())
     routes = " ".join(command for command, *_ in readme_examples())
     for route in ("verify", "analyze", "embed", "detection", "register", "identify", "forget",
-                  "registry"):
+                  "registry", "people"):
         assert f"/{route}" in routes
 
 
@@ -113,7 +113,7 @@ def test_readme_examples_run_as_documented(tmp_path_factory, workdir):
                 actual = json.loads(body)
                 same_shape(json.loads(documented), actual)
                 if "registered_at" in actual:  # later examples name the registered person
-                    env["FACE_ID"] = actual["id"]
+                    env["FACE_ID"], env["FACE_PERSON"] = actual["id"], actual["person_id"]
 
 
 def test_readme_custom_gallery_installs_and_serves_with_its_one_command(tmp_path, workdir):

@@ -14,6 +14,7 @@ from face_contract.errors import Unavailable, http_status_for
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.registry import Filters, LocalStore, Record, StoreInUse
+from gateway.registry.local import SCHEMA
 from gateway_support import app_server
 from support import ROOT
 
@@ -54,7 +55,7 @@ def test_a_second_gateway_on_the_same_data_dir_refuses_to_start(tmp_path):
 
 
 @contextlib.contextmanager
-def tiny_disk(path, size="400k"):
+def tiny_disk(path, size="1m"):  # room for some 20 records and their indexes
     """A real filesystem that fills up and can be made read-only (tmpfs; needs root)."""
     path.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
@@ -154,6 +155,17 @@ def test_poison_records_an_older_version_wrote_are_listed_found_and_forgotten(tm
         assert store.search("m", [1, 1, 1, 1], top_k=5)[0][0].id == good.id
 
 
+def migrated(path, old) -> LocalStore:
+    """The store at path, opened (so migrated): every old record listed and found."""
+    store = LocalStore(path)
+    assert store._db.execute("PRAGMA user_version").fetchone() == (3,)
+    assert [r.id for r in store.list(Filters(), 10, 0)] == \
+        [r.id for r in sorted(old, key=lambda r: (r.registered_at, r.id))]
+    for r in old:
+        assert store.search("m", r.embedding, top_k=1)[0][0].id == r.id
+    return store
+
+
 def test_a_version_1_file_is_migrated_in_place(tmp_path):
     path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(path)
@@ -167,12 +179,7 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path):
                    (r.id, r.name, "{}", r.model, 3, r.embedding.tobytes(), r.registered_at))
     db.commit()
     db.close()
-    store = LocalStore(path)
-    assert store._db.execute("PRAGMA user_version").fetchone() == (2,)
-    assert [r.id for r in store.list(Filters(), 10, 0)] == \
-        [r.id for r in sorted(old, key=lambda r: (r.registered_at, r.id))]
-    for r in old:
-        assert store.search("m", r.embedding, top_k=1)[0][0].id == r.id
+    store = migrated(path, old)
     store.add(rec("new", [0, 1, 1]))
     assert store.count() == 4
     store.close()
@@ -223,4 +230,29 @@ def test_the_approximate_index_is_built_saved_and_caught_up(tmp_path):
     for r in gone[::5]:
         assert not gone_ids & {h.id for h, _ in store.search("m", r.embedding, top_k=10)}
     assert store.counts_by_model() == {"m": len(live)} and saved.exists()
+    store.close()
+
+
+def test_a_version_2_file_gains_persons_and_keeps_every_record(tmp_path):
+    path = tmp_path / "v2.sqlite3"
+    db = sqlite3.connect(path)
+    for statement in SCHEMA:  # today's (version 2) statements
+        db.execute(statement)
+    old = [rec(f"o{i}", np.eye(3)[i] + 0.1, labels={"n": str(i)}) for i in range(3)]
+    for r in old:
+        db.execute("INSERT INTO records (id, name, labels, model, dimension, embedding,"
+                   " registered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (r.id, r.name, json.dumps(r.labels), r.model, 3, r.embedding.tobytes(),
+                    r.registered_at))
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    store = migrated(path, old)
+    for r in old:  # one registration = one person, found and forgettable
+        assert store.search("m", r.embedding, top_k=1)[0][0].person_id == r.id
+        person = store.get_person(r.id)
+        assert (person.name, person.labels, person.face_count) == (r.name, r.labels, 1)
+    assert store.count_persons() == 3
+    assert store.delete(old[0].id) and store.get_person(old[0].id) is None
+    assert store.delete_person(old[1].id) and store.count() == 1
     store.close()

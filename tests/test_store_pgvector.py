@@ -8,7 +8,7 @@ import pytest
 
 from face_contract.errors import Unavailable
 from gateway.registry import Filters, PgVectorStore, Record, check_dsn
-from gateway.registry.pgvector import redacted
+from gateway.registry.pgvector import MIGRATIONS, redacted
 
 
 def rec(name, vector, model="m"):
@@ -93,3 +93,51 @@ def test_a_dsn_password_is_never_shown():
     with pytest.raises(ValueError) as bad:
         check_dsn("x", "mysql://face:s3cret@db/faces")
     assert "s3cret" not in str(bad.value) and "postgresql://" in str(bad.value)
+
+
+def test_a_version_1_database_gains_persons_and_keeps_every_record(dsn):
+    old = [rec(f"o{i}", np.eye(3)[i] + 0.1) for i in range(3)]
+    with psycopg.connect(dsn, autocommit=True) as conn:  # today's (version 1) schema
+        conn.execute("CREATE TABLE face_schema (version integer)")
+        for statement in MIGRATIONS[1]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO face_schema VALUES (1)")
+        conn.execute("INSERT INTO face_models VALUES ('m', 3)")
+        conn.execute("CREATE INDEX face_hnsw_old ON face_records USING hnsw"
+                     " ((embedding::vector(3)) vector_cosine_ops) WHERE model = 'm'")
+        for r in old:
+            conn.execute("INSERT INTO face_records VALUES (%s, %s, '{\"k\": \"v\"}', 'm', 3,"
+                         " %s::vector, %s)", (r.id, r.name, str(r.embedding.tolist()),
+                                              r.registered_at))
+    store = PgVectorStore(dsn, "s")
+    try:
+        assert [r.id for r in store.list(Filters(), 10, 0)] == \
+            [r.id for r in sorted(old, key=lambda r: (r.registered_at, r.id))]
+        for r in old:
+            assert store.search("m", r.embedding, top_k=1)[0][0].person_id == r.id
+            person = store.get_person(r.id)
+            assert (person.name, person.labels, person.face_count) == (r.name, {"k": "v"}, 1)
+        assert store.delete(old[0].id) and store.get_person(old[0].id) is None
+        assert store.delete_person(old[1].id) and store.count() == 1
+        store.add(rec("new", [0, 1, 1]))
+        assert store.count_persons() == 2
+    finally:
+        store.close()
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT max(version) FROM face_schema").fetchone() == (2,)
+
+
+def test_two_replicas_see_each_others_merges_and_forgets_at_once(dsn):
+    one, two = PgVectorStore(dsn, "a"), PgVectorStore(dsn, "b")
+    try:
+        a, b = rec("ann", [1, 0.1]), rec("ann too", [1, 0.2])
+        one.add(a)
+        one.add(b)
+        two.merge_persons(a.person_id, [b.person_id])
+        assert one.search("m", [1, 0.2], top_k=1)[0][0].person_id == a.person_id
+        assert one.get_person(a.person_id).face_count == 2 and one.get_person(b.person_id) is None
+        two.delete_person(a.person_id)
+        assert one.search("m", [1, 0.2], top_k=2) == [] and one.count_persons() == 0
+    finally:
+        one.close()
+        two.close()

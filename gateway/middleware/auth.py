@@ -35,6 +35,11 @@ SINGLE_HEADERS = (b"host", b"x-api-key", b"authorization")
 _KEY = re.compile(r"^[!-\"$-+\--~]+$")
 
 WRITE_PATHS = frozenset({"/v1/face/register", "/v1/face/forget"})
+PEOPLE_PREFIX = "/v1/face/people/"  # GET reads a person; every other method changes people
+
+
+def is_write(method: str, path: str) -> bool:
+    return path in WRITE_PATHS or (path.startswith(PEOPLE_PREFIX) and method != "GET")
 # Reachable without a key: the health probes, and the web page with its assets, which
 # must load so that it can ask the user for a key.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
@@ -205,7 +210,7 @@ class Policy:
         allowed = {_bare_host(h) for h in self.allowed_hosts}
         return "*" in allowed or _bare_host(host) in allowed
 
-    def check(self, path: str, raw_headers: list[tuple[bytes, bytes]]
+    def check(self, method: str, path: str, raw_headers: list[tuple[bytes, bytes]]
               ) -> tuple[int, str, str | None]:
         """(status, message, the key's scope): 400 for a Host not served or a repeated Host or
         key header, 401 for no or an unknown key, 403 for a read-only key on a write route;
@@ -233,7 +238,7 @@ class Policy:
                          "or 'x-api-key: <key>'"), None
         if scope is None:
             return 401, "the API key is not valid", None
-        if path in WRITE_PATHS and scope != READ_WRITE:
+        if is_write(method, path) and scope != READ_WRITE:
             return 403, f"the API key is read-only: {path} needs a read-write key", scope
         return 0, "", scope
 
@@ -258,7 +263,8 @@ class AuthMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        status, message, key_scope = self.policy.check(scope["path"], scope["headers"])
+        status, message, key_scope = self.policy.check(scope.get("method", "GET"), scope["path"],
+                                                       scope["headers"])
         if status:
             response = error_response(status, message)
             if status == 401:
@@ -291,10 +297,10 @@ def document(app, policy: Policy) -> None:
         for path, operations in schema["paths"].items():
             if policy.is_open(path):
                 continue
-            for operation in operations.values():
+            for method, operation in operations.items():
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]
                 operation["responses"]["401"] = {"description": "no or unknown API key", **error}
-                if path in WRITE_PATHS:
+                if is_write(method.upper(), path):
                     operation["responses"]["403"] = {"description": "a read-only API key",
                                                      **error}
         return schema

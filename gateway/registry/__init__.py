@@ -8,7 +8,8 @@ import pathlib
 
 from face_contract.errors import InvalidInput
 
-from .base import Filters, Record, VectorStore  # noqa: F401  (the package's interface)
+from .base import (Filters, Person, PersonFilters, Record,  # noqa: F401  (the interface)
+                   VectorStore)
 from .local import LocalStore, StoreInUse, StoreOpenError  # noqa: F401
 from .pgvector import PgVectorStore, redacted
 

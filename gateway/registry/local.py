@@ -13,19 +13,21 @@ import os
 import pathlib
 import sqlite3
 import threading
+import uuid
 
 import numpy as np
 
-from face_contract.errors import NotReady, Unavailable
+from face_contract.errors import NotFound, NotReady, Unavailable
 
 from .ann import AnnIndex
-from .base import (Filters, Record, VectorStore, labels_json, ranked, read_labels, readable,
-                   unit_query, where)
+from .base import (Filters, Person, PersonFilters, Record, VectorStore, check_merge,
+                   check_person, grouped, labels_json, merged_labels, one_person, person_prefix,
+                   ranked, read_labels, readable, unit_query, where)
 from .exact import ExactIndex
 
 log = logging.getLogger("gateway.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = [
     # seq: never reused (AUTOINCREMENT), so it can key the in-memory rows and the saved
     # approximate index; id: the public uuid.
@@ -36,8 +38,26 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS records_order ON records (registered_at, id)",
     "CREATE INDEX IF NOT EXISTS records_model ON records (model, seq)",
 ]
+# Version 3, one step for the issues that changed the stores together.
+SCHEMA_3_PERSONS = [  # -- persons (issue 17): every old record becomes a person of its own
+    "CREATE TABLE persons (person_id TEXT PRIMARY KEY, model TEXT NOT NULL,"
+    " name TEXT NOT NULL, labels TEXT NOT NULL, created_at TEXT NOT NULL)",
+    "CREATE INDEX persons_listing ON persons (model, name, person_id)",
+    "ALTER TABLE records ADD COLUMN person_id TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE records ADD COLUMN recognizer TEXT NOT NULL DEFAULT ''",  # '': before 17
+    # The aligned face a template can be rebuilt from; in this step so that --keep-crops
+    # (not built yet) needs no second migration. NULL: not kept.
+    "ALTER TABLE records ADD COLUMN crop BLOB",
+    "UPDATE records SET person_id = id",
+    "INSERT INTO persons SELECT id, model, name, labels, registered_at FROM records",
+    "CREATE INDEX records_person ON records (person_id, registered_at, id)",
+    "CREATE INDEX records_recognizer ON records (model, recognizer)",
+]
+SCHEMA_3 = [*SCHEMA_3_PERSONS]
 LOAD_BATCH = 65536
-FIELDS = "id, name, labels, model, dimension, registered_at"
+FIELDS = "id, name, labels, model, dimension, registered_at, person_id, recognizer"
+PERSON_FIELDS = ("person_id, model, name, labels, created_at,"
+                 " (SELECT COUNT(*) FROM records r WHERE r.person_id = p.person_id)")
 
 
 class StoreOpenError(RuntimeError):
@@ -61,7 +81,13 @@ def _write_failure(store: str, exc: sqlite3.Error) -> Exception:
 
 def _record(row) -> Record:
     return Record(id=row[0], name=readable(row[1]), labels=read_labels(row[2]),
-                  model=readable(row[3]), dimension=row[4], registered_at=readable(row[5]))
+                  model=readable(row[3]), dimension=row[4], registered_at=readable(row[5]),
+                  person_id=row[6], recognizer=row[7])
+
+
+def _person(row, faces=None) -> Person:
+    return Person(person_id=row[0], model=readable(row[1]), name=readable(row[2]),
+                  labels=read_labels(row[3]), created_at=row[4], face_count=row[5], faces=faces)
 
 
 class _Model:
@@ -98,6 +124,8 @@ class LocalStore(VectorStore):
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            # A forgotten face leaves no bytes behind in the file (freed pages are zeroed).
+            self._db.execute("PRAGMA secure_delete=ON")
             self._migrate()
         # Text an older writer stored as invalid UTF-8 is read with U+FFFD, never an exception.
         self._db.text_factory = lambda raw: raw.decode("utf-8", "replace")
@@ -148,6 +176,9 @@ class LocalStore(VectorStore):
                     " registered_at) SELECT id, name, labels, model, dimension, embedding,"
                     " registered_at FROM records_v1 ORDER BY registered_at, id")
                 self._db.execute("DROP TABLE records_v1")
+            if version < 3:
+                for statement in SCHEMA_3:
+                    self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _load(self) -> None:
@@ -224,27 +255,52 @@ class LocalStore(VectorStore):
                            "changed?)")
         return state
 
-    def add(self, record: Record) -> None:
-        labels = labels_json(record)
-        vector = np.asarray(record.embedding, dtype=np.float32).ravel()
+    def _write(self, work):
+        """work() inside one committed (fsynced) transaction; a refused write is a 503."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                return work()
+        except sqlite3.Error as exc:
+            raise _write_failure(self.name, exc) from exc
+
+    def _person_row(self, person_id: str):
+        return self._db.execute(f"SELECT {PERSON_FIELDS} FROM persons p WHERE person_id = ?",
+                                (person_id,)).fetchone()
+
+    def add_set(self, records: list[Record], existing: bool) -> None:
+        person_id, model = one_person(records)
+        labels = [labels_json(record) for record in records]
+        vectors = [np.asarray(r.embedding, dtype=np.float32).ravel() for r in records]
+        dimension = records[0].dimension
+
+        def work():
+            person = self._person_row(person_id)
+            check_person(person and person[1], person_id, model, existing)
+            if person is None:
+                self._db.execute("INSERT INTO persons VALUES (?, ?, ?, ?, ?)",
+                                 (person_id, model, records[0].name, labels[0],
+                                  records[0].registered_at))
+            else:
+                for record in records:
+                    record.name = person[2]
+            return [self._db.execute(
+                "INSERT INTO records (id, name, labels, model, dimension, embedding,"
+                " registered_at, person_id, recognizer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (r.id, r.name, label, r.model, r.dimension, v.astype("<f4").tobytes(),
+                 r.registered_at, r.person_id, r.recognizer)).lastrowid
+                for r, label, v in zip(records, labels, vectors)]
+
         with self._lock:
-            state = self._model_for(record.model, record.dimension)
-            try:
-                with self._db:  # one committed (fsynced) transaction before returning
-                    self._db.execute("BEGIN IMMEDIATE")
-                    seq = self._db.execute(
-                        "INSERT INTO records (id, name, labels, model, dimension, embedding,"
-                        " registered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (record.id, record.name, labels, record.model, record.dimension,
-                         vector.astype("<f4").tobytes(), record.registered_at)).lastrowid
-            except sqlite3.Error as exc:
-                raise _write_failure(self.name, exc) from exc
-            if state is None or state.exact.dimension != record.dimension:
-                state = self._models[record.model] = _Model(ExactIndex(record.dimension))
-            state.exact.append(np.array([seq]), vector[None, :])
+            state = self._model_for(model, dimension)
+            seqs = self._write(work)
+            if state is None or state.exact.dimension != dimension:
+                state = self._models[model] = _Model(ExactIndex(dimension))
+            state.exact.append(np.array(seqs), np.stack(vectors))
             if state.ann is not None:
-                state.ann.add(seq, vector)
-            self._start_ann(record.model)
+                for seq, vector in zip(seqs, vectors):
+                    state.ann.add(seq, vector)
+            self._start_ann(model)
 
     def get(self, record_id: str) -> Record | None:
         with self._lock:
@@ -252,25 +308,154 @@ class LocalStore(VectorStore):
                                    (record_id,)).fetchone()
         return _record(row) if row else None
 
-    def delete(self, record_id: str) -> bool:
-        with self._lock:
-            row = self._db.execute("SELECT seq, model FROM records WHERE id = ?",
-                                   (record_id,)).fetchone()
-            if row is None:
-                return False
-            seq, model = row
-            try:
-                with self._db:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    self._db.execute("DELETE FROM records WHERE seq = ?", (seq,))
-            except sqlite3.Error as exc:
-                raise _write_failure(self.name, exc) from exc
+    def _forget_rows(self, rows) -> None:
+        """Drops (seq, model) rows from the in-memory indexes, after their delete committed,
+        and checkpoints so that the write-ahead log keeps no copy of them either."""
+        for seq, model in rows:
             state = self._models.get(model)
             if state is not None:
                 state.exact.remove(seq, compact=not state.building)
                 if state.ann is not None:
                     state.ann.remove(seq)
+        if rows:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _drop_if_empty(self, person_id: str) -> None:
+        self._db.execute("DELETE FROM persons WHERE person_id = ? AND NOT EXISTS"
+                         " (SELECT 1 FROM records WHERE person_id = ?)", (person_id, person_id))
+
+    def delete(self, record_id: str) -> bool:
+        def work():
+            row = self._db.execute("SELECT seq, model, person_id FROM records WHERE id = ?",
+                                   (record_id,)).fetchone()
+            if row is not None:
+                self._db.execute("DELETE FROM records WHERE seq = ?", (row[0],))
+                self._drop_if_empty(row[2])
+            return row
+
+        with self._lock:
+            row = self._write(work)
+            if row is None:
+                return False
+            self._forget_rows([row[:2]])
             return True
+
+    # -- persons ----------------------------------------------------------------------------
+
+    def get_person(self, person_id: str) -> Person | None:
+        with self._lock:
+            row = self._person_row(person_id)
+            if row is None:
+                return None
+            faces = self._db.execute(f"SELECT {FIELDS} FROM records WHERE person_id = ?"
+                                     " ORDER BY registered_at, id", (person_id,)).fetchall()
+        return _person(row, [_record(face) for face in faces])
+
+    def list_persons(self, filters: PersonFilters, limit: int, offset: int) -> list[Person]:
+        where_sql, args = person_prefix(filters, "?")
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {PERSON_FIELDS} FROM persons p{where_sql} ORDER BY name, person_id"
+                " LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+        return [_person(row) for row in rows]
+
+    def count_persons(self, filters: PersonFilters = PersonFilters()) -> int:
+        where_sql, args = person_prefix(filters, "?")
+        with self._lock:
+            return self._db.execute(f"SELECT COUNT(*) FROM persons{where_sql}",
+                                    args).fetchone()[0]
+
+    def update_person(self, person_id: str, name: str | None,
+                      labels: dict[str, str] | None) -> Person | None:
+        def work():
+            row = self._person_row(person_id)
+            if row is None:
+                return None
+            new_name = row[2] if name is None else name
+            new_labels = row[3] if labels is None else labels_json(
+                Record("", new_name, labels, row[1], 0, ""))
+            self._db.execute("UPDATE persons SET name = ?, labels = ? WHERE person_id = ?",
+                             (new_name, new_labels, person_id))
+            self._db.execute("UPDATE records SET name = ? WHERE person_id = ?",
+                             (new_name, person_id))
+            return self._person_row(person_id)
+
+        with self._lock:
+            row = self._write(work)
+        return _person(row) if row else None
+
+    def delete_person(self, person_id: str) -> bool:
+        def work():
+            if self._person_row(person_id) is None:
+                return None
+            rows = self._db.execute("SELECT seq, model FROM records WHERE person_id = ?",
+                                    (person_id,)).fetchall()
+            self._db.execute("DELETE FROM records WHERE person_id = ?", (person_id,))
+            self._db.execute("DELETE FROM persons WHERE person_id = ?", (person_id,))
+            return rows
+
+        with self._lock:
+            rows = self._write(work)
+            if rows is None:
+                return False
+            self._forget_rows(rows)
+            return True
+
+    def merge_persons(self, into: str, others: list[str]) -> Person:
+        others = [other for other in dict.fromkeys(others) if other != into]
+
+        def work():
+            rows = [self._person_row(person_id) for person_id in (into, *others)]
+            check_merge((into, *others), [row and row[1] for row in rows])
+            labels = merged_labels(read_labels(rows[0][3]), [read_labels(r[3]) for r in rows[1:]])
+            self._db.execute("UPDATE persons SET labels = ? WHERE person_id = ?",
+                             (labels_json(Record("", rows[0][2], labels, rows[0][1], 0, "")), into))
+            for other in others:
+                self._db.execute("UPDATE records SET person_id = ?, name = ? WHERE person_id = ?",
+                                 (into, rows[0][2], other))
+                self._db.execute("DELETE FROM persons WHERE person_id = ?", (other,))
+            return self._person_row(into)
+
+        with self._lock:
+            return _person(self._write(work))
+
+    def move_face(self, face_id: str, person_id: str | None) -> Person:
+        def work():
+            face = self._db.execute("SELECT person_id, model, name, labels, registered_at"
+                                    " FROM records WHERE id = ?", (face_id,)).fetchone()
+            if face is None:
+                raise NotFound(f"no registered face has id '{face_id}'")
+            target = person_id
+            if target is None:  # a split: the face becomes a person of its own
+                target = str(uuid.uuid4())
+                self._db.execute("INSERT INTO persons VALUES (?, ?, ?, ?, ?)",
+                                 (target, face[1], face[2], face[3], face[4]))
+            row = self._person_row(target)
+            check_person(row and row[1], target, face[1], existing=True)
+            self._db.execute("UPDATE records SET person_id = ?, name = ? WHERE id = ?",
+                             (target, row[2], face_id))
+            self._drop_if_empty(face[0])
+            return self._person_row(target)
+
+        with self._lock:
+            return _person(self._write(work))
+
+    def person_embeddings(self, model: str, person_ids: list[str]) -> dict[str, np.ndarray]:
+        if not person_ids:
+            return {}
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT person_id, embedding FROM records WHERE model = ?"
+                " AND length(embedding) = 4 * dimension AND person_id IN"
+                f" ({','.join('?' * len(person_ids))}) ORDER BY seq",
+                [model, *person_ids]).fetchall()
+        return grouped((pid, np.frombuffer(blob, "<f4")) for pid, blob in rows)
+
+    def recognizers(self, model: str) -> dict[str, int]:
+        with self._lock:
+            return dict(self._db.execute(
+                "SELECT recognizer, COUNT(*) FROM records WHERE model = ? GROUP BY recognizer",
+                (model,)).fetchall())
 
     def search(self, model: str, vector, top_k: int) -> list[tuple[Record, float]]:
         query = unit_query(vector)

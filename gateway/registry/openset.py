@@ -1,4 +1,4 @@
-"""Open-set identify: which distance counts as `match: true` (and why), and per-person results.
+"""Open-set identify: which distance counts as `match: true`, and why.
 
 A verification threshold balances errors over one comparison; identify compares a probe
 with every enrolled face, so a stranger's chance of matching someone grows with the
@@ -8,7 +8,7 @@ gallery. Two policies:
   option, else the calibrated default of its recognizer (impostor_quantiles.json, a fixed
   false-match rate per comparison), else its verify threshold (recognizers not calibrated).
 - `fpir`: the per-comparison false-match rate f that keeps the chance of a stranger matching
-  anyone of N enrolled faces at the target, 1 - (1 - f)^N = fpir, turned into a distance
+  anyone of N enrolled people at the target, 1 - (1 - f)^N = fpir, turned into a distance
   with the recognizer's impostor quantile table (`bench/calibrate_identify.py` measures it).
 """
 import dataclasses
@@ -22,7 +22,6 @@ from face_contract.errors import InvalidInput
 from gallery.configs import ModelConfig
 
 from ..pool.backends import default_threshold
-from .base import Record, VectorStore
 
 TABLES = json.loads((pathlib.Path(__file__).with_name("impostor_quantiles.json")).read_text())
 POLICIES = ("threshold", "fpir")
@@ -66,7 +65,7 @@ def _fixed(config: ModelConfig | None) -> Decision:
 
 
 def fpir_threshold(quantiles: list[list[float]], fpir: float, gallery_size: int) -> float:
-    """The impostor distance at the per-comparison rate that keeps FPIR at `fpir` for N faces.
+    """The impostor distance at the per-comparison rate that keeps FPIR at `fpir` for N people.
 
     Interpolated in log(rate) between the table's rungs; beyond its rarest rung (a gallery
     larger than the calibration can speak for) the rarest rung's distance is used.
@@ -100,20 +99,3 @@ def decide(config: ModelConfig | None, model: str, threshold: float | None, poli
     size = gallery_size()
     return Decision(fpir_threshold(table["quantiles"], target, size), "fpir", "fpir",
                     fpir=target, gallery_size=size)
-
-
-def nearest_people(store: VectorStore, model: str, vector, top_k: int) -> list[tuple[Record, float]]:
-    """The top_k people nearest `vector`, each by their nearest face, ascending.
-
-    Widens the face search until it holds top_k distinct names or the whole gallery.
-    """
-    limit = max(store.counts_by_model().get(model, 0), 1)
-    want = min(top_k * 4, limit)
-    while True:
-        best: dict[str, tuple[Record, float]] = {}
-        faces = store.search(model, vector, want)
-        for record, distance in faces:  # ascending: the first face of a name is its nearest
-            best.setdefault(record.name, (record, distance))
-        if len(best) >= top_k or len(faces) < want or want >= limit:
-            return list(best.values())[:top_k]
-        want = min(want * 4, limit)

@@ -58,7 +58,7 @@ async def single_valued_query(request: Request) -> None:
         raise InvalidInput(f"query parameter {repeated[0]} is given more than once")
 
 
-ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 404, 408, 412, 413, 500, 503)}
+ERRORS = {code: {"model": s.ErrorResponse} for code in (400, 404, 408, 409, 412, 413, 500, 503)}
 api = APIRouter(responses=ERRORS, route_class=OffLoopJsonRoute,
                 dependencies=[Depends(single_valued_query)])
 face = dict(response_model_exclude_none=True)

@@ -1,5 +1,6 @@
-"""The registry routes: register, identify, forget and the listing."""
+"""The registry routes: register, identify, forget and the listing (people: people.py)."""
 import asyncio
+import uuid
 
 import numpy as np
 from fastapi import Depends, Query, Response
@@ -9,7 +10,7 @@ from face_contract.similarity import confidence
 
 from .. import schemas as s
 from ..middleware.multipart import form_schema
-from ..registry import Filters, Record, VectorStore, openset, require
+from ..registry import Filters, PersonFilters, Record, fingerprint, openset, persons, require
 from .common import Gateway, _f, api, face, gateway
 
 
@@ -22,25 +23,18 @@ async def register(body: s.RegisterRequest, gw: Gateway = Depends(gateway)):
     vectors = await asyncio.gather(*(gw.embedding(model, img, field) for field, img in photos))
     if body.template:  # Record.new normalises the mean of the unit vectors again
         vectors = [np.mean(np.asarray(vectors, dtype=np.float32), axis=0)]
-    records = [Record.new(body.name, body.labels or {}, model, v) for v in vectors]
-    await asyncio.to_thread(_add_all, store, records)
+    person_id = body.person_id or str(uuid.uuid4())  # every photo of a request: one person
+    recognizer = await asyncio.to_thread(fingerprint.fingerprint, gw.backends.config(model))
+    records = [Record.new(body.name or "", body.labels or {}, model, v, person_id, recognizer)
+               for v in vectors]
+    fingerprint.check(await asyncio.to_thread(store.recognizers, model), recognizer, model)
+    # One transaction: a set is stored whole or not at all. With person_id the faces take
+    # the person's name.
+    await asyncio.to_thread(store.add_set, records, body.person_id is not None)
     first = records[0]
     return s.RegisterResponse(id=first.id, name=first.name, registered_at=first.registered_at,
+                              person_id=person_id,
                               ids=[r.id for r in records] if body.imgs is not None else None)
-
-
-def _add_all(store: VectorStore, records: list[Record]) -> None:
-    """Adds every record (each committed to disk before the 200), or none: the ones added
-    before a failure are deleted again."""
-    added = []
-    try:
-        for record in records:
-            store.add(record)
-            added.append(record)
-    except BaseException:
-        for record in added:
-            store.delete(record.id)
-        raise
 
 
 @api.post("/v1/face/identify", response_model=s.IdentifyResponse,
@@ -48,21 +42,33 @@ def _add_all(store: VectorStore, records: list[Record]) -> None:
 async def identify(body: s.IdentifyRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     store = require(gw.stores, body.store)
-    decision = await asyncio.to_thread(
+    decision = await asyncio.to_thread(  # open-set decisions count people, not photos
         openset.decide, gw.backends.config(model), model, body.threshold,
-        body.match_policy, body.fpir, lambda: store.counts_by_model().get(model, 0))
+        body.match_policy, body.fpir, lambda: store.count_persons(PersonFilters(model=model)))
     vector = await gw.embedding(model, body.img)
-    if body.group_by == "name":
-        nearest = await asyncio.to_thread(openset.nearest_people, store, model, vector, body.top_k)
+    threshold = decision.threshold
+    recognizer = await asyncio.to_thread(fingerprint.fingerprint, gw.backends.config(model))
+
+    def match(record: Record, distance: float, faces: int | None = None) -> s.IdentifyMatch:
+        distance = _f(distance)  # the float32 the store computed, shown as such
+        return s.IdentifyMatch(
+            id=record.id, name=record.name, labels=record.labels, distance=distance,
+            confidence=confidence(distance, threshold), match=distance <= threshold,
+            person_id=record.person_id, faces=faces)
+
+    if body.group_by == "person":
+        found = await asyncio.to_thread(persons.nearest_persons, store, model, vector, body.top_k)
+        rows = [(m.nearest, m.distance, m.faces) for m in found]
+    elif body.group_by == "name":
+        nearest = await asyncio.to_thread(persons.nearest_by, store, model, vector, body.top_k,
+                                          lambda record: record.name)
+        rows = [(record, distance, None) for record, distance in nearest]
     else:
         nearest = await asyncio.to_thread(store.search, model, vector, body.top_k)
-    threshold = decision.threshold
-    matches = []
-    for rec, distance in nearest:
-        distance = _f(distance)  # the float32 the store computed, shown as such
-        matches.append(s.IdentifyMatch(
-            id=rec.id, name=rec.name, labels=rec.labels, distance=distance,
-            confidence=confidence(distance, threshold), match=distance <= threshold))
+        rows = [(record, distance, None) for record, distance in nearest]
+    # Register never mixes recognizers in a model, so the rows found speak for the model.
+    fingerprint.check([record.recognizer for record, _, _ in rows], recognizer, model)
+    matches = [match(*row) for row in rows]
     return s.IdentifyResponse(
         matches=matches, threshold=_f(threshold), match_policy=decision.policy,
         threshold_source=decision.source, fpir=decision.fpir, gallery_size=decision.gallery_size)
@@ -87,8 +93,10 @@ async def registry(model: str | None = Query(None, max_length=s.MAX_ID,
     chosen = require(gw.stores, store)
     filters = Filters(model=model, name=name)
     records = await asyncio.to_thread(chosen.list, filters, limit, offset)
-    return s.RegistryResponse(total=await asyncio.to_thread(chosen.count, filters), items=[
-        s.RegistryItem(id=r.id, name=r.name, labels=r.labels, model=r.model,
-                       registered_at=r.registered_at) for r in records])
+    return s.RegistryResponse(
+        total=await asyncio.to_thread(chosen.count, filters),
+        people=await asyncio.to_thread(chosen.count_persons, PersonFilters(model=model, name=name)),
+        items=[s.RegistryItem(id=r.id, person_id=r.person_id, name=r.name, labels=r.labels,
+                              model=r.model, registered_at=r.registered_at) for r in records])
 
 

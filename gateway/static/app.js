@@ -242,7 +242,7 @@ section("register", async (photos, data) => {
   const r = await api("POST", "/v1/face/register", form({
     img: photos.img.required("the photo"), name: data.get("name"),
     labels: Object.keys(labels).length ? JSON.stringify(labels) : "" }));
-  registry.refresh();
+  refreshLists();
   return [el("p", { className: "ok" }, `Registered ${r.name}`), facts([["id", r.id]])];
 });
 
@@ -258,50 +258,131 @@ section("identify", async (photos, data) => {
     el("tbody", {}, ...rows))];
 });
 
-const registry = {
-  root: document.getElementById("registry"),
-  offset: 0,
-  async refresh() {
-    const result = $(this.root, ".result");
-    const model = document.getElementById("model").value;
-    const query = new URLSearchParams({ limit: PAGE_SIZE, offset: this.offset });
-    if (model) query.set("model", model);
-    try {
-      const r = await api("GET", `/v1/face/registry?${query}`);
-      if (!r.items.length && this.offset > 0) {
-        this.offset = Math.max(0, this.offset - PAGE_SIZE);
-        return this.refresh();
+// A paged listing: list(query) answers {items, total}; row(item) makes its table row.
+function listing(id, list, row, unit) {
+  const root = document.getElementById(id);
+  $(root, "table").after(el("div", { className: "pager" },
+    el("button", { type: "button", className: "prev" }, "\u2190 Previous"), el("span", { className: "range" }),
+    el("button", { type: "button", className: "next" }, "Next \u2192")));
+  const view = {
+    root, offset: 0,
+    async refresh() {
+      const result = $(root, ".result");
+      const model = document.getElementById("model").value;
+      const query = new URLSearchParams({ limit: PAGE_SIZE, offset: view.offset });
+      if (model) query.set("model", model);
+      try {
+        const r = await list(query);
+        if (!r.items.length && view.offset > 0) {
+          view.offset = Math.max(0, view.offset - PAGE_SIZE);
+          return view.refresh();
+        }
+        result.className = "result";
+        result.textContent = "";
+        $(root, ".count").textContent = `(${r.total})`;
+        $(root, ".range").textContent = r.total
+          ? `${view.offset + 1}–${view.offset + r.items.length} of ${r.total} ${unit}` : "nobody yet";
+        $(root, ".prev").disabled = view.offset === 0;
+        $(root, ".next").disabled = view.offset + r.items.length >= r.total;
+        $(root, "tbody").replaceChildren(...r.items.map(row));
+      } catch (err) {
+        view.failed(err);
       }
-      result.className = "result";
-      result.textContent = "";
-      $(this.root, ".count").textContent = `(${r.total})`;
-      $(this.root, ".range").textContent = r.total
-        ? `${this.offset + 1}–${this.offset + r.items.length} of ${r.total}` : "nobody yet";
-      $(this.root, ".prev").disabled = this.offset === 0;
-      $(this.root, ".next").disabled = this.offset + r.items.length >= r.total;
-      $(this.root, "tbody").replaceChildren(...r.items.map((item) => el("tr", {},
-        el("td", { className: "name" }, item.name),
-        el("td", {}, Object.entries(item.labels).map(([k, v]) => `${k}=${v}`).join(", ")),
-        el("td", { title: item.registered_at }, item.registered_at.slice(0, 16).replace("T", " ")),
-        el("td", {}, el("button", { type: "button", className: "forget", textContent: "Forget",
-                                    onclick: () => this.forget(item) })))));
-    } catch (err) {
-      result.className = "result error";
-      result.textContent = err.message;
+    },
+    failed(err) {
+      $(root, ".result").className = "result error";
+      $(root, ".result").textContent = err.message;
+    },
+    async act(work) {  // a change, then both listings again (a person's photos are rows of each)
+      try {
+        await work();
+        await refreshLists();
+      } catch (err) {
+        view.failed(err);
+      }
+    },
+  };
+  $(root, ".prev").addEventListener("click", () => { view.offset -= PAGE_SIZE; view.refresh(); });
+  $(root, ".next").addEventListener("click", () => { view.offset += PAGE_SIZE; view.refresh(); });
+  return view;
+}
+
+const labelText = (labels) => Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(", ");
+
+const registry = listing("registry", (query) => api("GET", `/v1/face/registry?${query}`), (item) =>
+  el("tr", {},
+    el("td", { className: "name" }, item.name),
+    el("td", {}, labelText(item.labels)),
+    el("td", { title: item.registered_at }, item.registered_at.slice(0, 16).replace("T", " ")),
+    el("td", {}, el("button", { type: "button", className: "forget", textContent: "Forget",
+                                onclick: () => registry.act(() => api("POST", "/v1/face/forget", { id: item.id })) }))),
+  "photos");
+
+const peopleRoot = document.getElementById("people");
+const people = listing("people", (query) => {
+  const name = $(peopleRoot, "input[name=name]").value;
+  if (name) query.set("name", name);
+  return api("GET", `/v1/face/people?${query}`);
+}, (person) => {
+  const forget = el("button", { type: "button", className: "forget", textContent: "Forget" });
+  const cancel = el("button", { type: "button", className: "cancel", textContent: "Cancel", hidden: true });
+  forget.onclick = () => {  // a first click asks; only the second forgets
+    if (!forget.classList.contains("confirm")) {
+      forget.classList.add("confirm");
+      forget.textContent = `Forget ${person.name} and ${person.faces} photo${person.faces === 1 ? "" : "s"}?`;
+      cancel.hidden = false;
+      return;
     }
-  },
-  async forget(item) {
-    try {
-      await api("POST", "/v1/face/forget", { id: item.id });
-      await this.refresh();
-    } catch (err) {
-      $(this.root, ".result").className = "result error";
-      $(this.root, ".result").textContent = err.message;
-    }
-  },
-};
-$(registry.root, ".prev").addEventListener("click", () => { registry.offset -= PAGE_SIZE; registry.refresh(); });
-$(registry.root, ".next").addEventListener("click", () => { registry.offset += PAGE_SIZE; registry.refresh(); });
+    people.act(() => api("DELETE", `/v1/face/people/${encodeURIComponent(person.person_id)}`));
+  };
+  cancel.onclick = () => {
+    forget.classList.remove("confirm");
+    forget.textContent = "Forget";
+    cancel.hidden = true;
+  };
+  const add = el("button", { type: "button", className: "add", textContent: "Add photos",
+                             onclick: () => addPhotosTo(person) });
+  return el("tr", {},
+    el("td", {}, el("input", { type: "checkbox", className: "pick", value: person.person_id,
+                               onchange: pickedChanged })),
+    el("td", { className: "name" }, person.name),
+    el("td", { className: "faces" }, String(person.faces)),
+    el("td", {}, labelText(person.labels)),
+    el("td", {}, add, " ", forget, " ", cancel));
+}, "people");
+
+function picked() {  // in the order they were ticked: the first is the one kept
+  return [...peopleRoot.querySelectorAll("input.pick:checked")]
+    .sort((a, b) => a.dataset.at - b.dataset.at).map((box) => box.value);
+}
+
+function pickedChanged(event) {
+  event.target.dataset.at = performance.now();
+  $(peopleRoot, "button.merge").disabled = picked().length < 2;
+}
+
+function addPhotosTo(person) {
+  const input = $(peopleRoot, "input.add-photos");
+  input.value = "";
+  input.onchange = () => people.act(async () => {
+    const data = form({ person_id: person.person_id });
+    for (const file of input.files) data.append("imgs", file);
+    await api("POST", "/v1/face/register", data);
+  });
+  input.click();
+}
+
+$(peopleRoot, "button.merge").addEventListener("click", () => people.act(async () => {
+  const [into, ...from] = picked();
+  await api("POST", "/v1/face/people/merge", { into, from });
+  $(peopleRoot, "button.merge").disabled = true;
+}));
+$(peopleRoot, "input[name=name]").addEventListener("input", () => { people.offset = 0; people.refresh(); });
+$(peopleRoot, "form.search").addEventListener("submit", (event) => event.preventDefault());
+
+function refreshLists() {
+  return Promise.all([registry.refresh(), people.refresh()]);
+}
 
 async function loadModels() {
   const select = document.getElementById("model");
@@ -317,6 +398,9 @@ async function loadModels() {
   }
 }
 
-document.getElementById("model").addEventListener("change", () => { registry.offset = 0; registry.refresh(); });
+document.getElementById("model").addEventListener("change", () => {
+  registry.offset = people.offset = 0;
+  refreshLists();
+});
 document.getElementById("key-button").addEventListener("click", () => askKey("The key is kept in this browser and sent as x-api-key."));
-loadModels().then(() => registry.refresh());
+loadModels().then(refreshLists);
