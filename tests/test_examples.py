@@ -45,6 +45,7 @@ def test_grpc_client_verifies_two_photos_on_a_real_backend(tmp_path):
 def test_localai_model_yamls_name_the_external_backend_and_match_the_gallery(path):
     config = yaml.safe_load(path.read_text())
     assert config["backend"] == "face-service" and config["name"] == path.stem
+    assert config["known_usecases"] == ["face_recognition"]  # LocalAI routes face calls to it
     gallery = {entry.name: entry for entry in read_gallery(str(BUILTIN_INDEX))}
     if path.stem in gallery:  # the gallery's options, with the threshold spelled out
         extra = [o for o in config["options"] if o not in gallery[path.stem].options]

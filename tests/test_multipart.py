@@ -65,7 +65,8 @@ def test_openapi_documents_forms_examples_and_400_not_422(tmp_path):
         assert any(prop.get("format") == "binary" for prop in form.values()), path
         assert models[model.__name__]["examples"], path
     assert set(FORM_ROUTES) == {"/v1/face/verify", "/v1/face/analyze", "/v1/face/embed",
-                                "/v1/face/register", "/v1/face/identify", "/v1/detection"}
+                                "/v1/face/register", "/v1/face/identify", "/v1/detection",
+                                "/v1/face/detect"}
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +111,12 @@ def test_every_image_route_takes_a_form(gw):
     detected = gw.post("/v1/detection", files={"image": ANN[0].read_bytes()},
                        data={"threshold": "0.5"}).json()["detections"]
     assert len(detected) == 1
+    # the path LocalAI's docs name answers the same, as a form and as JSON
+    alias = gw.post("/v1/face/detect", files={"image": ANN[0].read_bytes()},
+                    data={"threshold": "0.5"}).json()["detections"]
+    assert alias == detected
+    assert gw.post("/v1/face/detect", json={"image": image_b64(ANN[0]),
+                                            "threshold": 0.5}).json()["detections"] == detected
 
 
 @needs_shared
@@ -173,4 +180,4 @@ def test_every_openapi_example_is_a_request_that_works(gw):
             assert ("no face" in response.text) or (path == "/v1/face/forget"), response.text
         else:
             assert response.status_code in (200, 204), (path, response.text)
-    assert tried == 7
+    assert tried == 8

@@ -64,6 +64,11 @@ async def embed(body: s.EmbedRequest, gw: Gateway = Depends(gateway)):
 
 @api.post("/v1/detection", response_model=s.DetectionResponse,
           openapi_extra=form_schema(s.DetectionRequest), **face)
+# LocalAI's docs send face detection to /v1/face/detect, a path LocalAI itself does not serve.
+@api.post("/v1/face/detect", response_model=s.DetectionResponse,
+          openapi_extra=form_schema(s.DetectionRequest), summary="Detection (alias)",
+          description="The same as /v1/detection, at the path LocalAI's documentation names.",
+          **face)
 async def detection(body: s.DetectionRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     image = await image_b64(body.image, "image", gw.fetcher)
