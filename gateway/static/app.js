@@ -261,11 +261,13 @@ section("identify", async (photos, data) => {
 const registry = {
   root: document.getElementById("registry"),
   offset: 0,
+  name: "",  // the search box: the API's exact-name filter
   async refresh() {
     const result = $(this.root, ".result");
     const model = document.getElementById("model").value;
     const query = new URLSearchParams({ limit: PAGE_SIZE, offset: this.offset });
     if (model) query.set("model", model);
+    if (this.name) query.set("name", this.name);
     try {
       const r = await api("GET", `/v1/face/registry?${query}`);
       if (!r.items.length && this.offset > 0) {
@@ -276,7 +278,8 @@ const registry = {
       result.textContent = "";
       $(this.root, ".count").textContent = `(${r.total})`;
       $(this.root, ".range").textContent = r.total
-        ? `${this.offset + 1}–${this.offset + r.items.length} of ${r.total}` : "nobody yet";
+        ? `${this.offset + 1}–${this.offset + r.items.length} of ${r.total}`
+        : (this.name ? `nobody named ${this.name}` : "nobody yet");
       $(this.root, ".prev").disabled = this.offset === 0;
       $(this.root, ".next").disabled = this.offset + r.items.length >= r.total;
       $(this.root, "tbody").replaceChildren(...r.items.map((item) => el("tr", {},
@@ -291,6 +294,9 @@ const registry = {
     }
   },
   async forget(item) {
+    // Forgetting cannot be undone: the face is gone from the registry.
+    if (!window.confirm(`Forget ${item.name}, registered ${item.registered_at.slice(0, 10)}? `
+                        + "This cannot be undone.")) return;
     try {
       await api("POST", "/v1/face/forget", { id: item.id });
       await this.refresh();
@@ -300,6 +306,12 @@ const registry = {
     }
   },
 };
+$(registry.root, "form.search").addEventListener("submit", (event) => {
+  event.preventDefault();
+  registry.name = new FormData(event.target).get("name").trim();
+  registry.offset = 0;
+  registry.refresh();
+});
 $(registry.root, ".prev").addEventListener("click", () => { registry.offset -= PAGE_SIZE; registry.refresh(); });
 $(registry.root, ".next").addEventListener("click", () => { registry.offset += PAGE_SIZE; registry.refresh(); });
 
