@@ -78,7 +78,10 @@ class AnalyzeRequest(BaseModel):
     img: str = Field(description=ImageDoc)
     actions: list[Action] | None = Field(
         None, max_length=MAX_ACTIONS, description=f"attributes to compute (age, gender), at most "
-                                                  f"{MAX_ACTIONS}; omitted or empty: all supported")
+                                                  f"{MAX_ACTIONS}; omitted or empty: all supported. "
+                                                  "emotion and race are accepted but never "
+                                                  "computed: the answer lists them in "
+                                                  "unsupported_actions")
     anti_spoofing: bool = False
 
 
@@ -221,6 +224,9 @@ class FaceAnalysis(BaseModel):
 
 class AnalyzeResponse(BaseModel):
     faces: list[FaceAnalysis]
+    unsupported_actions: list[str] | None = Field(
+        None, description="actions asked for that no model here computes (emotion, race): "
+                          "their fields stay empty")
 
 
 class EmbedResponse(BaseModel):

@@ -103,6 +103,12 @@ def test_every_image_route_takes_a_form(gw):
     one = {"img": ANN[0].read_bytes()}
     analyze = gw.post("/v1/face/analyze", files=one, data={"actions": ["age", "gender"]}).json()
     assert analyze["faces"][0]["dominant_gender"] == "Man"
+    assert "unsupported_actions" not in analyze
+    # actions no model here computes are said, not dropped without a word
+    asked = gw.post("/v1/face/analyze", files=one,
+                    data={"actions": ["age", "emotion", "race"]}).json()
+    assert asked["unsupported_actions"] == ["emotion", "race"]
+    assert "age" in asked["faces"][0] and "emotion" not in asked["faces"][0]
     reg = gw.post("/v1/face/register", files=one,
                   data={"name": "Anthony", "labels": '{"role": "actor"}'}).json()
     found = gw.post("/v1/face/identify", files={"img": ANN[1].read_bytes()},

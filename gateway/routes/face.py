@@ -1,6 +1,7 @@
 """The stateless face routes: verify, analyze, embed and detection."""
 from fastapi import Depends
 
+from face_contract.actions import UNSUPPORTED_ACTIONS
 from face_contract.rpc import backend_pb2 as pb
 
 from .. import schemas as s
@@ -51,7 +52,8 @@ async def analyze(body: s.AnalyzeRequest, gw: Gateway = Depends(gateway)):
         dominant_race=f.dominant_race or None, race=_scores(f.race),
         is_real=f.is_real if body.anti_spoofing else None,
         antispoof_score=_f(f.antispoof_score) if body.anti_spoofing else None,
-    ) for f in r.faces])
+    ) for f in r.faces], unsupported_actions=[
+        a for a in UNSUPPORTED_ACTIONS if a in (body.actions or [])] or None)
 
 
 @api.post("/v1/face/embed", response_model=s.EmbedResponse,
