@@ -56,8 +56,8 @@ def install(entry: GalleryEntry, models_dir: pathlib.Path, *, mirror: pathlib.Pa
         dest.unlink()  # the unpacked files are what the model uses; the zip would double the space
     options = [_renamed(option, moved) for option in entry.options]
     path = write_config(models_dir, entry.name, backend=entry.backend, options=options,
-                        model=moved.get(entry.model, entry.model), files=records, license=entry.license,
-                        description=entry.description)
+                        model=moved.get(entry.model, entry.model), files=records,
+                        license=entry.license, description=entry.description)
     return read_config(path)
 
 
