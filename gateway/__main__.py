@@ -5,6 +5,7 @@ Every option has an environment variable (FACE_*); a command-line option wins.
 running gateway instead (`face-gateway enroll --help`).
 """
 import argparse
+import ctypes
 import functools
 import logging
 import os
@@ -94,6 +95,9 @@ def parse_args(argv=None) -> argparse.Namespace:
           "request body bytes held at once over all requests; past it 503 + Retry-After")
     limit("--body-timeout", "FACE_BODY_TIMEOUT", float, Settings.body_timeout_s,
           "seconds allowed to receive a request body (408 past it)")
+    limit("--min-body-rate", "FACE_MIN_BODY_RATE", int, Settings.min_body_rate,
+          "bytes a second a request body must average after its first 5 s, with no pause "
+          "over 5 s (408 otherwise)")
     limit("--header-timeout", "FACE_HEADER_TIMEOUT", float, Settings.header_timeout_s,
           "seconds allowed from connecting to complete request headers (408 past it)")
     limit("--keep-alive-timeout", "FACE_KEEP_ALIVE_TIMEOUT", float,
@@ -135,7 +139,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         allow_private_urls=args.allow_private_urls, max_body_bytes=args.max_body_bytes,
         max_url_bytes=args.max_url_bytes, url_timeout_s=args.url_timeout,
         max_concurrency=args.max_concurrency, max_inflight_bytes=args.max_inflight_bytes,
-        body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout, min_body_rate=args.min_body_rate,
+        header_timeout_s=args.header_timeout,
         keep_alive_timeout_s=args.keep_alive_timeout,
         backend_call_timeout_s=args.backend_timeout,
         auth_token=os.environ.get("LOCALAI_GRPC_AUTH_TOKEN") or None,
@@ -156,12 +161,28 @@ def refuse_public_without_keys(args: argparse.Namespace, settings: Settings) -> 
             "something in front of the gateway authenticates its callers.")
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def return_large_buffers_to_the_os() -> None:
+    """Buffers of a megabyte or more (request bodies, base64 text, protobuf bytes) get their
+    own mappings, given back to the OS when freed. glibc's default threshold rises after each
+    large free until such buffers come from the heap and stay in the process: after one
+    48 MiB request the gateway would keep its peak for good. No-op off glibc."""
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["enroll"]:
         from .enroll import main as enroll  # a client: none of the server's start-up
         return enroll(argv[1:])
     args = parse_args(argv)
+    return_large_buffers_to_the_os()
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -170,8 +191,7 @@ def main(argv=None) -> None:
         app = create_app(settings)
     except (ValueError, StoreOpenError) as exc:
         raise SystemExit(f"face-gateway: {exc}") from None
-    if settings.api_keys_file is not None:
-        reload_on_sighup(app.state.auth.keys)
+    reload_on_sighup(app.state.auth.keys)  # also without a keys file: SIGHUP must not kill it
     # A bounded graceful shutdown: requests still running after it get cut off, and the
     # lifespan then stops the backends.
     uvicorn.run(app, host=args.host, port=args.port,

@@ -60,12 +60,14 @@ def create_app(settings: Settings) -> FastAPI:
     drop_validation_422(app)
     install_error_handlers(app)
     app.add_middleware(MultipartMiddleware, routes=FORM_ROUTES)  # inside the body limit
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
-                       max_inflight_bytes=settings.max_inflight_bytes,
-                       body_timeout_s=settings.body_timeout_s)
-    # Outside the body limit: a request refused for concurrency is refused before its body is read.
+    # Inside the body limit: a request takes an image-request slot once its body is whole,
+    # so clients trickling bodies hold no slot.
     app.add_middleware(ConcurrencyLimitMiddleware, routes=frozenset(FORM_ROUTES),
                        max_concurrency=settings.max_concurrency)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       max_inflight_bytes=settings.max_inflight_bytes,
+                       body_timeout_s=settings.body_timeout_s,
+                       min_rate=settings.min_body_rate)
     # Outside both: a caller without a valid key takes no concurrency slot and sends no body.
     app.add_middleware(auth.AuthMiddleware, policy=app.state.auth)
     auth.document(app, app.state.auth)

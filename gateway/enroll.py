@@ -7,14 +7,23 @@ service is the source of truth for what is done: the enroller first pages throug
 the registry of the model and store and skips every photo whose `source` is there, so
 a run that was interrupted resumes without duplicates and nothing is written beside
 the photos. It talks to a running gateway over HTTP.
+
+A folder is not trusted: symbolic links are not followed (a link could lead out of
+it, to /etc/shadow), a file larger than --max-bytes is refused from its size before
+a byte is read, names are printed with control characters escaped, the API key comes
+from the environment or a file (never the command line, which `ps` shows), and a
+run holds a lock on DIR so that a second run of the same folder waits for none and
+stops at once instead of registering every photo twice.
 """
 import argparse
 import asyncio
 import base64
 import csv
 import dataclasses
+import fcntl
 import os
 import pathlib
+import stat
 import sys
 import time
 
@@ -26,11 +35,15 @@ PAGE_SIZE = 1000  # the registry listing's largest page
 RETRIES = 5  # for 503s and refused connections: a backend or the gateway restarting
 REDRAW_S = 0.2  # progress bar on a terminal
 LOG_EVERY_S = 2.0  # progress lines when stderr is a file or pipe
+# The gateway's 48 MiB body limit holds base64 text: 4/3 of the photo, plus the labels.
+DEFAULT_MAX_BYTES = 36 * 1024 * 1024
 
 
 def parse_args(argv) -> argparse.Namespace:
+    # No abbreviations: `--api-key KEY` must not pass for `--api-key-file`.
     p = argparse.ArgumentParser(prog="face-gateway enroll", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("dir", type=pathlib.Path, help="folder with one sub-folder of photos per person")
     p.add_argument("--model", required=True, help="model to register with")
     p.add_argument("--store", default=None, help="registry store (default: the gateway's)")
@@ -40,26 +53,86 @@ def parse_args(argv) -> argparse.Namespace:
                    help="labels per photo: a CSV with a `file` column (paths relative to DIR); "
                         "its other non-empty columns become labels")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
-    p.add_argument("--api-key", default=os.environ.get("FACE_API_KEY"),
-                   help="sent as x-api-key when the gateway has keys on; env FACE_API_KEY")
+    p.add_argument("--api-key-file", type=pathlib.Path, default=None, metavar="FILE",
+                   help="a file whose first line is the API key sent as x-api-key; or env "
+                        "FACE_API_KEY (the key is never taken from the command line, where "
+                        "every local user could read it)")
+    p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
+                   help=f"larger photos are refused unread (default {DEFAULT_MAX_BYTES}, "
+                        "what fits the gateway's default body limit)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     args = p.parse_args(argv)
     if not args.dir.is_dir():
         p.error(f"{args.dir} is not a folder")
     if args.concurrency < 1:
         p.error("--concurrency must be at least 1")
+    args.api_key = os.environ.get("FACE_API_KEY")
+    if args.api_key_file is not None:
+        try:
+            args.api_key = args.api_key_file.read_text().partition("\n")[0].strip()
+        except OSError as exc:
+            p.error(f"cannot read --api-key-file: {exc}")
     return args
 
 
+def shown(name: str) -> str:
+    """A file name fit for a terminal: control characters (a newline, an escape sequence)
+    and undecodable bytes are escaped, as repr() writes them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
 def is_image(path: pathlib.Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    """A regular file (not a link to one) with an image suffix."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and stat.S_ISREG(path.lstat().st_mode)
 
 
 def find_photos(root: pathlib.Path) -> list[str]:
-    """Paths (relative to root, '/'-separated) of the images inside root's sub-folders."""
-    return sorted(path.relative_to(root).as_posix()
-                  for person in root.iterdir() if person.is_dir()
-                  for path in person.rglob("*") if is_image(path))
+    """Paths (relative to root, '/'-separated) of the images inside root's sub-folders;
+    symbolic links, to files or folders, are not followed."""
+    photos = []
+    for person in root.iterdir():
+        if person.is_symlink() or not person.is_dir():
+            continue
+        for folder, _, files in os.walk(person):  # followlinks=False: linked folders skipped
+            photos += [(pathlib.Path(folder) / f).relative_to(root).as_posix()
+                       for f in files if is_image(pathlib.Path(folder) / f)]
+    return sorted(photos)
+
+
+class Refused(Exception):
+    """A photo that is not sent: its message says why."""
+
+
+def read_photo(root: pathlib.Path, relative: str, max_bytes: int) -> bytes:
+    """The photo's bytes, opened without following a link (one swapped in since the folder
+    was listed is refused) and refused unread when its size is over max_bytes."""
+    try:
+        fd = os.open(root / relative, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise Refused(f"cannot open it ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise Refused("not a regular file")
+        if info.st_size > max_bytes:
+            raise Refused(f"{info.st_size} bytes, over --max-bytes {max_bytes}")
+        data = f.read(max_bytes + 1)  # a file that grew since: still bounded
+    if len(data) > max_bytes:
+        raise Refused(f"over --max-bytes {max_bytes}")
+    return data
+
+
+def lock_folder(root: pathlib.Path):
+    """An open descriptor holding an exclusive lock on DIR (released when the process ends),
+    or SystemExit when another run holds it. Nothing is written to the folder."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SystemExit(f"face-gateway enroll: another enrolment of {shown(str(root))} is "
+                         "running; run this one again once it has finished") from None
+    return fd
 
 
 def read_label_csv(path: pathlib.Path) -> dict[str, dict[str, str]]:
@@ -166,7 +239,12 @@ class Enroller:
         return sources
 
     async def register(self, relative: str, tally: Tally) -> None:
-        data = await asyncio.to_thread((self.args.dir / relative).read_bytes)
+        try:
+            data = await asyncio.to_thread(read_photo, self.args.dir, relative,
+                                           self.args.max_bytes)
+        except Refused as exc:
+            tally.failed.append(f"{relative}: {exc}")
+            return
         body = {**self._scope(), "name": relative.split("/", 1)[0],
                 "img": base64.b64encode(data).decode("ascii"),
                 "labels": {**self.labels.get(relative, {}), SOURCE_LABEL: relative}}
@@ -227,6 +305,7 @@ async def enroll(args: argparse.Namespace) -> Tally:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    lock_folder(args.dir)  # held until the process ends
     loose = sum(is_image(path) for path in args.dir.iterdir())
     if loose:
         print(f"face-gateway enroll: {loose} images directly in {args.dir} are left out: "
@@ -239,9 +318,9 @@ def main(argv=None) -> None:
         raise SystemExit(f"face-gateway enroll: cannot reach {args.url} ({exc}); run it again "
                          f"to resume") from None
     for relative in tally.no_face:
-        print(f"no face: {relative}")
+        print(f"no face: {shown(relative)}")
     for failure in tally.failed:
-        print(f"failed: {failure}")
+        print(f"failed: {shown(failure)}")
     print(tally.summary())
     if tally.failed:
         sys.exit(1)

@@ -29,8 +29,11 @@ def error_type(status: int) -> str:
     return HTTP_ERROR_TYPES.get(status, "invalid_request" if status < 500 else "internal")
 
 
-def error_response(status: int, message: str, retry_after_s: int | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+def error_response(status: int, message: str, retry_after_s: int | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
     return JSONResponse({"error": {"code": status, "message": message, "type": error_type(status)}},
                         status_code=status, headers=headers)
 
@@ -85,7 +88,7 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"no route {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
-        return error_response(exc.status_code, message)
+        return error_response(exc.status_code, message, headers=exc.headers)  # 405: Allow
 
     async def on_unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)

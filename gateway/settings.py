@@ -41,6 +41,9 @@ class Settings:
     # Request bodies held at once over all requests: a few largest bodies' worth.
     max_inflight_bytes: int = 256 * 1024 * 1024
     body_timeout_s: float = 60.0     # to receive a whole request body
+    # A body's average rate after its first seconds: a slower one is cut off (408). 16 KiB/s
+    # is a very slow uplink; a client a byte a second is an attack.
+    min_body_rate: int = 16 * 1024
     header_timeout_s: float = 10.0   # from connect (or the last response) to complete headers
     keep_alive_timeout_s: float = 5.0
     backend_call_timeout_s: float = 60.0

@@ -31,7 +31,7 @@ def gw(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
     write_config(models, MODEL)
     with gateway_process(models, tmp_path_factory.mktemp("data"), "--default-model", MODEL,
-                         "--store", "local-store", "--store", "small",
+                         "--store", "local-store", "--store", "small", "--store", "hostile",
                          # on a few cores, single-threaded backends side by side enrol fastest
                          "--backends-per-model", "2", "--backend-threads", "1") as (_, url), \
             httpx.Client(base_url=url, timeout=120) as client:
@@ -175,3 +175,58 @@ def test_enroll_finds_photos_per_person_and_reads_label_csvs(tmp_path):
     bad.write_text("path,identity\nann/a.jpg,Ann\n")
     with pytest.raises(SystemExit, match="no `file` column"):
         read_label_csv(bad)
+
+
+def test_enroll_on_a_hostile_folder(gw, tmp_path):
+    """Links out of the folder, a sparse 6 GiB photo, a name with a newline and an escape
+    sequence, a key on the command line, and two runs of one folder at once."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET-do-not-send\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    tree = tmp_path / "people"
+    for name, files in list(people(2).items())[:20]:  # 40 photos: the first run takes a while
+        (tree / name).mkdir(parents=True)
+        for f in files[:2]:
+            shutil.copy(LFW / f, tree / name / f.split("/")[-1])
+        shutil.copy(LFW / files[0], outside / f"{name}.jpg")
+    first_person = sorted(p.name for p in tree.iterdir())[0]
+    (tree / first_person / "shadow.jpg").symlink_to(secret)
+    (tree / first_person / "linked").symlink_to(outside)  # a folder link inside a person
+    (tree / "zz_linked_person").symlink_to(outside)       # a person folder that is a link
+    (tree / "mallory").mkdir()
+    with open(tree / "mallory" / "huge.jpg", "wb") as f:
+        f.truncate(6 * 1024**3)  # sparse: 6 GiB by its size, nothing on disk
+    evil = "evil\n\x1b[31mred.jpg"
+    (tree / "mallory" / evil).write_bytes(base64.b64decode(blank_jpeg()))
+    real = sorted(p for p in tree.rglob("*.jpg") if not p.is_symlink()
+                  and p.parent.name != "mallory")
+    assert find_photos(tree) == sorted([*(p.relative_to(tree).as_posix() for p in real),
+                                        "mallory/huge.jpg", f"mallory/{evil}"])
+
+    refused = enroll(str(gw.base_url), tree, "--api-key", "a-key-anyone-could-see-in-ps")
+    out, err = refused.communicate(timeout=60)
+    assert refused.returncode == 2 and "unrecognized arguments: --api-key" in err, err
+
+    url = str(gw.base_url)
+    key_file = tmp_path / "key"  # the gateway has keys off: sent and ignored, but read
+    key_file.write_text("enroll-key-0123456789abcdef\n")
+    first = enroll(url, tree, "--concurrency", "1", "--api-key-file", str(key_file),
+                   store="hostile")
+    deadline = time.monotonic() + 60
+    while not registry(gw, store="hostile") and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first run holds the folder's lock once it registers
+    assert first.poll() is None
+    second = enroll(url, tree, store="hostile")
+    out2, err2 = second.communicate(timeout=60)
+    out, err = first.communicate(timeout=600)
+    assert second.returncode == 1 and "another enrolment" in err2, (out2, err2, out, err)
+    assert first.returncode == 1, out + err  # huge.jpg failed
+    registered, skipped, no_face, failed, total = (
+        int(n) for n in SUMMARY.search(out).groups())
+    assert (registered, no_face, failed, total) == (len(real), 1, 1, len(real) + 2)
+    assert "mallory/huge.jpg: 6442450944 bytes, over --max-bytes" in out
+    assert "no face: mallory/evil\\n\\x1b[31mred.jpg" in out  # escaped, not raw
+    assert "\x1b" not in out + err and "SECRET" not in out + err
+    sources = sorted(r["labels"]["source"] for r in registry(gw, store="hostile"))
+    assert sources == [p.relative_to(tree).as_posix() for p in real]  # once each, no links

@@ -29,7 +29,7 @@ def no_face_jpeg() -> bytes:
 def test_form_fields_become_the_json_body():
     body = form_to_json(s.RegisterRequest,
                         [("name", "Ann"), ("labels", '{"team": "blue"}'), ("store", "")],
-                        [("img", b"\xff\xd8jpeg")])
+                        [("img", io.BytesIO(b"\xff\xd8jpeg"))])
     assert body == {"img": "/9hqcGVn", "name": "Ann", "labels": {"team": "blue"}}
     repeated = form_to_json(s.AnalyzeRequest, [("actions", "age"), ("actions", "gender"),
                                                ("anti_spoofing", "true")], [])
@@ -45,7 +45,7 @@ def test_form_fields_become_the_json_body():
 ])
 def test_form_mistakes_are_named(fields, files, words):
     with pytest.raises(InvalidInput) as err:
-        form_to_json(s.RegisterRequest, fields, files)
+        form_to_json(s.RegisterRequest, fields, [(name, io.BytesIO(data)) for name, data in files])
     for word in words:
         assert word in str(err.value)
 

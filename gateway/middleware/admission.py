@@ -1,5 +1,6 @@
-"""A cap on image requests served at once: past it, 503 with Retry-After at once,
-before the body is read, rather than a queue that grows without bound."""
+"""A cap on image requests served at once: past it, 503 with Retry-After at once
+rather than a queue that grows without bound. It sits inside the body limit: a
+request counts once its body is complete, so slow uploads hold no slot."""
 from ..errors import error_response
 
 RETRY_AFTER_S = 1

@@ -14,6 +14,7 @@ import pathlib
 import re
 import signal
 import threading
+import time
 
 from ..errors import error_response
 from ..page import PAGE_ASSETS
@@ -22,6 +23,14 @@ log = logging.getLogger("gateway.auth")
 
 READ_ONLY, READ_WRITE = "ro", "rw"
 MIN_KEY_LENGTH = 16
+# A keys file is read once it has not changed for SETTLE_S, and taken if it did not change
+# while it was read: one rewritten in place (by an editor, a script, `echo >`) is not caught
+# half-way. Past SETTLE_TRIES the reload fails and the old keys stay.
+SETTLE_S = 0.2
+SETTLE_TRIES = 20
+# Headers that say who is calling and to what: one of each, or the request is refused
+# (which of two copies wins would otherwise be the server's choice, not the client's).
+SINGLE_HEADERS = (b"host", b"x-api-key", b"authorization")
 # Printable ASCII without spaces, ',' (separates FACE_API_KEYS) or '#' (starts a comment).
 _KEY = re.compile(r"^[!-\"$-+\--~]+$")
 
@@ -72,9 +81,20 @@ def parse_keys(entries: list[str], source: str) -> dict[bytes, str]:
 
 
 def read_keys_file(path: pathlib.Path) -> list[str]:
-    """One key a line; blank lines and everything after '#' are ignored."""
-    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-    return [line for line in lines if line]
+    """One key a line; blank lines and everything after '#' are ignored. The file is read
+    when it has settled (OSError if it never does)."""
+    for _ in range(SETTLE_TRIES):
+        before = path.stat()
+        age = time.time() - before.st_mtime
+        if not 0 <= age < SETTLE_S:  # a future mtime (a skewed clock) counts as settled
+            text = path.read_text()
+            after = path.stat()
+            if (after.st_mtime_ns, after.st_size, after.st_ino) == \
+                    (before.st_mtime_ns, before.st_size, before.st_ino):
+                lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+                return [line for line in lines if line]
+        time.sleep(SETTLE_S)
+    raise OSError(f"{path} kept changing for {SETTLE_TRIES * SETTLE_S:g} s")
 
 
 class ApiKeys:
@@ -82,6 +102,10 @@ class ApiKeys:
 
     def __init__(self, inline: str | None, file: pathlib.Path | None):
         self.inline, self.file = inline, file
+        # SIGHUPs in a burst: one reload runs at a time, and runs again if a signal came
+        # while it ran, so the last signal is always followed by a read.
+        self._lock = threading.Lock()
+        self._running = self._pending = False
         self._keys = self._load()  # a bad key or an unreadable file stops the start
         if self.enabled and not self._keys:
             log.warning("API keys are on but none is configured: every request needs a key "
@@ -106,7 +130,25 @@ class ApiKeys:
         return keys
 
     def reload(self) -> None:
-        """Re-reads the keys; a file that cannot be read or parsed leaves the old keys in force."""
+        """Re-reads the keys; a file that cannot be read or parsed leaves the old keys in force.
+        Without a keys file there is nothing to re-read (the environment cannot change)."""
+        if self.file is None:
+            log.info("SIGHUP: no API keys file to reload")
+            return
+        with self._lock:
+            self._pending = True
+            if self._running:
+                return
+            self._running = True
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._running = False
+                    return
+                self._pending = False
+            self._reload_once()
+
+    def _reload_once(self) -> None:
         try:
             keys = self._load()
         except ValueError as exc:
@@ -162,9 +204,16 @@ class Policy:
         allowed = {_bare_host(h) for h in self.allowed_hosts}
         return "*" in allowed or _bare_host(host) in allowed
 
-    def check(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, str, str | None]:
-        """(status, message, the key's scope): 400 for a Host not served, 401 for no or an
-        unknown key, 403 for a read-only key on a write route; status 0 lets it through."""
+    def check(self, path: str, raw_headers: list[tuple[bytes, bytes]]
+              ) -> tuple[int, str, str | None]:
+        """(status, message, the key's scope): 400 for a Host not served or a repeated Host or
+        key header, 401 for no or an unknown key, 403 for a read-only key on a write route;
+        status 0 lets it through."""
+        names = [name for name, _ in raw_headers]
+        for name in SINGLE_HEADERS:
+            if names.count(name) > 1:
+                return 400, f"the {name.decode()} header is sent more than once", None
+        headers = dict(raw_headers)
         host = headers.get(b"host", b"").decode("latin-1")
         if path not in HOST_CHECK_EXEMPT and not self.host_allowed(host):
             return 400, (f"Host header {host[:100]!r} is not one this gateway serves: add it "
@@ -208,7 +257,7 @@ class AuthMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        status, message, key_scope = self.policy.check(scope["path"], dict(scope["headers"]))
+        status, message, key_scope = self.policy.check(scope["path"], scope["headers"])
         if status:
             response = error_response(status, message)
             if status == 401:

@@ -5,6 +5,9 @@ part; this pure-ASGI middleware rewrites such a request into the JSON body the
 route already takes (file parts base64-encoded, form fields as values), so routes
 and schemas stay JSON-first. It sits inside BodyLimitMiddleware, so the body it
 reads is already bounded, and it parses on a worker thread, not the event loop.
+The body is fed to the parser piece by piece and each piece dropped once parsed,
+and the built body goes to the route as parsed JSON (never as JSON text to parse
+again), so a file part is held as its bytes and its base64 text only.
 
 Form fields: numbers and booleans go through as text and pydantic converts them
 ("0.5", "true"); a list field (`actions`) is repeated (`-F actions=age -F
@@ -13,9 +16,11 @@ actions=gender`) or one JSON array; `labels` is one JSON object
 """
 import asyncio
 import base64
-import json
+import collections
+import io
 import typing
 
+import pydantic_core
 from pydantic import BaseModel
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import create_form_parser
@@ -24,6 +29,9 @@ from face_contract.errors import InvalidInput
 
 from ..errors import error_response
 from ..schemas import IMAGE_FIELDS
+from .jsonbody import FORM_BODY, too_many_values
+
+MAX_PARTS = 256  # a form of this API has a few fields and at most 32 photos
 
 
 def _kind(model: type[BaseModel], name: str) -> type | None:
@@ -36,16 +44,25 @@ def _kind(model: type[BaseModel], name: str) -> type | None:
     return None
 
 
+def _base64_text(data: io.BytesIO) -> str:
+    """The file's base64 text; the file is emptied first, so it and the text are never
+    held twice over."""
+    with data.getbuffer() as view:
+        encoded = base64.b64encode(view)
+    data.close()
+    return encoded.decode("ascii")
+
+
 def form_to_json(model: type[BaseModel], fields: list[tuple[str, str]],
-                 files: list[tuple[str, bytes]]) -> dict:
-    """The JSON body for `model` from a form's text fields and file parts."""
+                 files: list[tuple[str, io.BytesIO]]) -> dict:
+    """The JSON body for `model` from a form's text fields and file parts (emptied here)."""
     images = [name for name in model.model_fields if name in IMAGE_FIELDS]
     body: dict = {}
     for name, data in files:
         if name not in images:
             raise InvalidInput(f"file part '{name}' is not an image field here; send the image "
                                f"as {' or '.join(images)}")
-        encoded = base64.b64encode(data).decode("ascii")
+        encoded = _base64_text(data)
         if _kind(model, name) is list:  # several photos: one part each
             body.setdefault(name, []).append(encoded)
             continue
@@ -72,8 +89,8 @@ def form_to_json(model: type[BaseModel], fields: list[tuple[str, str]],
 
 
 def _json(name: str, text: str, kind: type):
-    try:
-        value = json.loads(text)
+    try:  # pydantic-core's parser: bounded nesting depth, and fast
+        value = pydantic_core.from_json(text)
     except ValueError:
         value = None
     if not isinstance(value, kind):
@@ -82,25 +99,36 @@ def _json(name: str, text: str, kind: type):
     return value
 
 
-def parse_form(content_type: bytes, body: bytes) -> tuple[list, list]:
-    """(text fields, file parts) of a multipart body, each as (name, value) in order."""
+def parse_form(content_type: bytes, chunks: collections.deque) -> tuple[list, list]:
+    """(text fields, file parts) of a multipart body given as pieces, each as (name, value)
+    in order; the pieces are consumed."""
     fields, files = [], []
 
     def text(data: bytes | None) -> str:
         return (data or b"").decode("utf-8", "replace")
 
+    def count_part():
+        if len(fields) + len(files) >= MAX_PARTS:
+            raise InvalidInput(f"the form has more than {MAX_PARTS} parts")
+
     def on_field(field):
+        count_part()
+        if (why := too_many_values(field.value or b"")) is not None:  # before it is decoded
+            raise InvalidInput(f"{text(field.field_name)}: {why}")
         fields.append((text(field.field_name), text(field.value)))
 
     def on_file(file):
+        count_part()
         file.file_object.seek(0)
-        files.append((text(file.field_name), file.file_object.read()))
+        files.append((text(file.field_name), file.file_object))
 
+    size = sum(len(chunk) for chunk in chunks)
     try:
         # Files stay in memory: the body is already bounded by the body limit.
         parser = create_form_parser({"Content-Type": content_type}, on_field, on_file,
-                                    config={"MAX_MEMORY_FILE_SIZE": len(body) + 1})
-        parser.write(body)
+                                    config={"MAX_MEMORY_FILE_SIZE": size + 1})
+        while chunks:
+            parser.write(chunks.popleft())
         parser.finalize()
     except (FormParserError, ValueError) as exc:
         raise InvalidInput(f"malformed multipart/form-data body: {exc}") from None
@@ -117,7 +145,7 @@ class MultipartMiddleware:
         content_type = headers.get(b"content-type", b"")
         if not content_type.lower().startswith(b"multipart/form-data"):
             return await self.app(scope, receive, send)
-        chunks = []
+        chunks = collections.deque()
         while True:
             message = await receive()
             if message["type"] != "http.request":  # client went away
@@ -126,31 +154,33 @@ class MultipartMiddleware:
             if not message.get("more_body", False):
                 break
         try:
-            body = await asyncio.to_thread(_convert, model, content_type, b"".join(chunks))
+            body = await asyncio.to_thread(_convert, model, content_type, chunks)
         except InvalidInput as exc:
             return await error_response(400, str(exc))(scope, receive, send)
+        # The route finds the body parsed (jsonbody.OffLoopJsonRoute); the request says
+        # JSON so that FastAPI validates it as JSON.
         rewritten = [(k, v) for k, v in scope["headers"]
                      if k not in (b"content-type", b"content-length")]
-        rewritten += [(b"content-type", b"application/json"),
-                      (b"content-length", str(len(body)).encode())]
+        rewritten += [(b"content-type", b"application/json"), (b"content-length", b"1")]
+        state = {**scope.get("state", {}), FORM_BODY: body}
         sent = False
 
         async def replay():
             nonlocal sent
             if not sent:
                 sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.request", "body": b" ", "more_body": False}
             return await receive()
 
         # The same scope, not a copy: the route FastAPI records in it is what /metrics counts
         # the request under (MetricsMiddleware, outside this one, reads it afterwards).
-        scope["headers"] = rewritten
+        scope["headers"], scope["state"] = rewritten, state
         await self.app(scope, replay, send)
 
 
-def _convert(model: type[BaseModel], content_type: bytes, body: bytes) -> bytes:
-    fields, files = parse_form(content_type, body)
-    return json.dumps(form_to_json(model, fields, files)).encode()
+def _convert(model: type[BaseModel], content_type: bytes, chunks: collections.deque) -> dict:
+    fields, files = parse_form(content_type, chunks)
+    return form_to_json(model, fields, files)
 
 
 def form_schema(model: type[BaseModel]) -> dict:

@@ -202,7 +202,9 @@ class Member:
         # can then call LoadModel on its backends and swap the model under it.
         self.token = self.settings.auth_token or secrets.token_urlsafe(32)
         # The backend logs at the gateway's level unless told otherwise.
-        env = {"FACE_LOG_LEVEL": logging.getLevelName(logging.getLogger().level), **os.environ,
+        # The gateway's HTTP API keys are not the backend's to know.
+        env = {"FACE_LOG_LEVEL": logging.getLevelName(logging.getLogger().level),
+               **{k: v for k, v in os.environ.items() if k != "FACE_API_KEYS"},
                "LOCALAI_GRPC_AUTH_TOKEN": self.token}
         # Popen runs on the event loop's (main) thread: the parent-death signal set by
         # gateway.pool.launch follows the thread that started the child, so it must outlive it.

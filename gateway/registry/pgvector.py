@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from face_contract.errors import NotReady, Unavailable
+from face_contract.errors import InvalidInput, NotReady, Unavailable
 
 from .base import (Filters, Record, VectorStore, labels_json, ranked, read_labels, readable,
                    unit_query, where)
@@ -55,6 +55,12 @@ FIELDS = "id, name, labels::text, model, dimension, registered_at"
 def _literal(vector: np.ndarray) -> str:
     """pgvector's text form; repr of each float32 reads back as exactly that float32."""
     return "[" + ",".join(map(repr, vector.astype(np.float32).tolist())) + "]"
+
+
+def _has_nul(*texts: str | None) -> bool:
+    """PostgreSQL text cannot hold NUL: such an id or filter matches nothing stored (as on
+    the local store), and such a name or label cannot be stored."""
+    return any(text is not None and "\0" in text for text in texts)
 
 
 def _index_name(model: str) -> sql.Identifier:
@@ -184,6 +190,9 @@ class PgVectorStore(VectorStore):
 
     def add(self, record: Record) -> None:
         labels = labels_json(record)
+        if _has_nul(record.name, record.model, *record.labels, *record.labels.values()):
+            raise InvalidInput(f"the registry store '{self.name}' (PostgreSQL) cannot store "
+                               "text holding a NUL character (\\u0000) in a name or label")
         vector = np.asarray(record.embedding, dtype=np.float32).ravel()
 
         def work(conn):
@@ -196,16 +205,22 @@ class PgVectorStore(VectorStore):
         self._run(work)
 
     def get(self, record_id: str) -> Record | None:
+        if _has_nul(record_id):
+            return None
         row = self._run(lambda conn: conn.execute(
             f"SELECT {FIELDS} FROM face_records WHERE id = %s", (record_id,)).fetchone())
         return _record(row) if row else None
 
     def delete(self, record_id: str) -> bool:
+        if _has_nul(record_id):
+            return False
         return self._run(lambda conn: conn.execute(
             "DELETE FROM face_records WHERE id = %s", (record_id,)).rowcount) > 0
 
     def search(self, model: str, vector, top_k: int) -> list[tuple[Record, float]]:
         query = unit_query(vector)
+        if _has_nul(model):
+            return []
         candidates = max(MIN_CANDIDATES, 2 * top_k)
         ef_search = min(MAX_EF_SEARCH, EF_SEARCH_PER_CANDIDATE * candidates)
 
@@ -239,6 +254,8 @@ class PgVectorStore(VectorStore):
         return ranked([(_record(r), d) for r, d in zip(rows, distances)], top_k)
 
     def list(self, filters: Filters, limit: int, offset: int) -> list[Record]:
+        if _has_nul(filters.model, filters.name):
+            return []
         where_sql, args = where(filters, "%s")
         rows = self._run(lambda conn: conn.execute(
             f"SELECT {FIELDS} FROM face_records{where_sql} {ORDER} LIMIT %s OFFSET %s",
@@ -246,6 +263,8 @@ class PgVectorStore(VectorStore):
         return [_record(row) for row in rows]
 
     def count(self, filters: Filters = Filters()) -> int:
+        if _has_nul(filters.model, filters.name):
+            return 0
         where_sql, args = where(filters, "%s")
         return self._run(lambda conn: conn.execute(
             f"SELECT count(*) FROM face_records{where_sql}", args).fetchone()[0])
