@@ -11,13 +11,17 @@ COPY gallery gallery
 # The project itself, not a package from the index: its dependencies' ranges are in pyproject.toml.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir '.[backend]' \
-    && useradd --system --user-group --uid 10001 --home-dir /app face \
+    && groupadd --system --gid 10001 face \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /app face \
     && mkdir -p /models /data \
     && chown 10001:10001 /models /data
 COPY docker/entrypoint.sh /usr/local/bin/face-entrypoint
 # Every FACE_* variable of face-gateway and face-models works here (README: Docker).
+# On 0.0.0.0 the gateway needs FACE_API_KEYS (it refuses to start without, saying so). A
+# container is reached by its service name, pod or node address, so any Host header is
+# served: DNS rebinding cannot help a page that lacks a key.
 ENV FACE_HOST=0.0.0.0 FACE_PORT=8080 FACE_MODELS_DIR=/models FACE_DATA_DIR=/data \
-    FACE_DEFAULT_MODEL=insightface-opencv
+    FACE_DEFAULT_MODEL=insightface-opencv FACE_ALLOWED_HOSTS=*
 VOLUME ["/models", "/data"]
 EXPOSE 8080
 USER 10001:10001

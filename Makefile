@@ -8,7 +8,7 @@ DATA_DIR ?= data
 PORT ?= 8080
 # ACCEPT_LICENSE=1 accepts a research-only model's licence; GALLERY=FILE adds a custom gallery.
 
-.PHONY: install proto test run bench-deps bench-accuracy bench-latency bench-pool bench-store soak
+.PHONY: install proto test readme-examples run bench-deps bench-accuracy bench-latency bench-pool bench-store soak
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ proto:
 
 test:
 	$(BIN)/python -m pytest -q
+
+# Runs README's curl examples on the real pack and writes each response into README.md.
+readme-examples:
+	FACE_README_WRITE=1 $(BIN)/python -m pytest -q tests/test_readme.py -k run_as_documented
 
 run:
 	$(BIN)/python -m gallery ensure $(MODEL) --models-dir $(MODELS_DIR) $(if $(GALLERY),--gallery $(GALLERY)) \

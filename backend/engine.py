@@ -3,12 +3,10 @@ import dataclasses
 
 import numpy as np
 
+from face_contract.actions import KNOWN_ACTIONS, SUPPORTED_ACTIONS
 from face_contract.errors import InvalidInput, NoFace, NotReady
 from .models.face import Face, by_area, clip_to_image
 from .models.minifasnet import is_greyscale
-
-SUPPORTED_ACTIONS = ("age", "gender")
-KNOWN_ACTIONS = SUPPORTED_ACTIONS + ("emotion", "race")
 
 
 @dataclasses.dataclass

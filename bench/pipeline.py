@@ -39,10 +39,14 @@ class PipelineError(Exception):
 
 
 class _Context:
-    """What a handler needs of grpc.ServicerContext: abort() raises, as gRPC's does."""
+    """What a handler needs of grpc.ServicerContext: abort() raises, as gRPC's does, and an
+    in-process call is never cancelled (the backend checks is_active() between steps)."""
 
     def abort(self, code, details):
         raise PipelineError(code, details)
+
+    def is_active(self) -> bool:
+        return True
 
 
 class Pipeline:

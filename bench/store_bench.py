@@ -12,7 +12,7 @@ Each store is opened and searched in a child process, so start-up time and memor
 that process's own. pgvector HNSW builds are slow on 2 cores: pgvector is measured up to
 --pg-max records (default 100k), and the output says so.
 
-    python -m bench.store_bench [--sizes 10000,100000,1000000] [--dims 128,512] [--fit]
+    python -m bench.store_bench [--sizes 10000,100000,1000000] [--dims 128,512] [--fit] [--quick]
 """
 import argparse
 import json
@@ -367,7 +367,12 @@ def main(argv=None) -> None:
     p.add_argument("--fit", action="store_true",
                    help="first measure the real pack's distances on lfw_grey, fit the model "
                         "and use (and print) that fit")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run (CI): 2000 records of 128 numbers in every store")
     args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.dims = "2000", "128"
+        args.pg_max = args.random_max = args.ann_max = 2000
     if args.fit:
         REAL.update(measure_real())
         FIT.update(fit(REAL))

@@ -14,7 +14,7 @@ import sys
 
 from gallery import DEFAULT_MODEL
 from gallery.configs import ConfigError, load_model_configs
-from gallery.download import ChecksumError, DownloadError, NotAtSource
+from gallery.download import ChecksumError, DownloadError, NotAtSource, sha256_of
 from gallery.index import GalleryError, find_entry, load_galleries
 from gallery.install import InstallError, ensure, install, remove, verify
 from gallery.unpack import UnpackError
@@ -127,13 +127,21 @@ def _print_list(entries, models_dir: pathlib.Path) -> None:
 
 
 def _partly(entry, models_dir: pathlib.Path) -> str:
-    """'partly installed: ...' when some of a not-installed entry's files are on disk."""
-    present = sum((models_dir / f.filename).is_file() for f in entry.files)
-    partial = sum((models_dir / f"{f.filename}.part").is_file() for f in entry.files)
+    """'partly installed: ...' when some of a not-installed entry's files are on disk with
+    the bytes the gallery names (checked by SHA-256: a name alone proves nothing)."""
+    places = [lambda f: models_dir / f.filename, lambda f: models_dir / entry.name / f.filename]
+    present = sum(any(_holds(place(f), f) for place in places) for f in entry.files)
+    partial = sum((place(f).with_name(f"{f.filename}.part")).is_file()
+                  for f in entry.files for place in places)
     if not present and not partial:
         return ""
     return (f"partly installed: {present} of {len(entry.files)} files"
             + (f", {partial} partly downloaded" if partial else "") + "; install again to finish")
+
+
+def _holds(path: pathlib.Path, file) -> bool:
+    return (path.is_file() and file.size in (None, path.stat().st_size)
+            and sha256_of(path) == file.sha256)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Installing, checking and removing gallery models in a models folder.
 
 Layout: `<models-dir>/<name>.yaml` plus the files flat beside it, zip packs
-unpacked into `<models-dir>/<pack>/`. A model counts as installed once its YAML
+unpacked into `<models-dir>/<pack>/`. Models share a file of one name and the same bytes
+(the liveness pair); a file whose name another installed model holds with other bytes goes
+into `<models-dir>/<name>/` instead, and the options name it there, so files of different
+content never collide and no installed model changes. A model counts as installed once its YAML
 exists, and the YAML is written last, after every file is verified and in place:
 an install that fails part-way leaves verified files (reused by the next try) and
 resumable `.part` files, never a model that looks installed.
@@ -33,23 +36,28 @@ def install(entry: GalleryEntry, models_dir: pathlib.Path, *, mirror: pathlib.Pa
     if entry.research_only and not accept_license:
         raise InstallError(licence_notice(entry))
     models_dir.mkdir(parents=True, exist_ok=True)
-    _refuse_conflicts(entry, load_model_configs(models_dir))
+    installed = load_model_configs(models_dir)
+    moved = {f.filename: f"{entry.name}/{f.filename}"
+             for f in entry.files if _collides(f, entry.name, installed)}
     records = []
     searched = Mirror(mirror) if mirror else None
     for file in entry.files:
-        dest = models_dir / file.filename
+        where = moved.get(file.filename, file.filename)
+        dest = models_dir / where
+        dest.parent.mkdir(parents=True, exist_ok=True)
         _fetch_unless_present(file, dest, searched, attempts)
         if file.pack is None:
-            records.append({"filename": file.filename, "sha256": file.sha256, "uri": file.uri})
+            records.append({"filename": where, "sha256": file.sha256, "uri": file.uri})
             continue
         for name in unpack_pack(dest, models_dir / file.pack):
             member = f"{file.pack}/{name}"
             records.append({"filename": member, "sha256": sha256_of(models_dir / member),
                             "unpacked_from": file.filename})
         dest.unlink()  # the unpacked files are what the model uses; the zip would double the space
-    path = write_config(models_dir, entry.name, backend=entry.backend, options=list(entry.options),
-                        model=entry.model, files=records, license=entry.license,
-                        description=entry.description)
+    options = [_renamed(option, moved) for option in entry.options]
+    path = write_config(models_dir, entry.name, backend=entry.backend, options=options,
+                        model=moved.get(entry.model, entry.model), files=records,
+                        license=entry.license, description=entry.description)
     return read_config(path)
 
 
@@ -111,16 +119,19 @@ def verify(name: str, models_dir: pathlib.Path) -> list[str]:
     return report
 
 
-def _refuse_conflicts(entry: GalleryEntry, installed: dict[str, ModelConfig]) -> None:
-    # Files are shared by name (the liveness pair). Another model's different bytes under
-    # the same name must not be overwritten: that model would silently change.
-    for file in entry.files:
-        for other in installed.values():
-            recorded = other.file_sha256.get(file.filename)
-            if other.name != entry.name and recorded and recorded != file.sha256:
-                raise InstallError(
-                    f"{file.filename} is installed for {other.name} with SHA-256 {recorded}, "
-                    f"but {entry.name} needs {file.sha256}; remove {other.name} first")
+def _collides(file: GalleryFile, name: str, installed: dict[str, ModelConfig]) -> bool:
+    """Whether the file goes into the model's own folder: another installed model records
+    its name with other bytes, or this model's earlier install put it there."""
+    own = installed.get(name)
+    if own is not None and f"{name}/{file.filename}" in own.files:
+        return True
+    return any(other.file_sha256.get(file.filename, file.sha256) != file.sha256
+               for other in installed.values() if other.name != name)
+
+
+def _renamed(option: str, moved: dict[str, str]) -> str:
+    key, colon, value = option.partition(":")
+    return f"{key}{colon}{moved[value.strip()]}" if value.strip() in moved else option
 
 
 def _fetch_unless_present(file: GalleryFile, dest: pathlib.Path, mirror: Mirror | None,

@@ -110,9 +110,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "re-read on SIGHUP; env FACE_API_KEYS_FILE. Keys can also come from "
                         "env FACE_API_KEYS (comma-separated), never from the command line, "
                         "where every local user could read them")
-    p.add_argument("--open-docs", action="store_true", default=_env_flag("FACE_OPEN_DOCS"),
-                   help="serve /docs, /redoc and /openapi.json without an API key; "
-                        "env FACE_OPEN_DOCS=1")
     p.add_argument("--open-metrics", action="store_true", default=_env_flag("FACE_OPEN_METRICS"),
                    help="serve /metrics without an API key; env FACE_OPEN_METRICS=1")
     p.add_argument("--allowed-hosts", default=env("FACE_ALLOWED_HOSTS"), metavar="HOST,...",
@@ -149,7 +146,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         auth_token=os.environ.get("LOCALAI_GRPC_AUTH_TOKEN") or None,
         api_keys=os.environ.get("FACE_API_KEYS", "").strip() or None,
         api_keys_file=args.api_keys_file,
-        open_docs=args.open_docs, open_metrics=args.open_metrics,
+        open_metrics=args.open_metrics,
         allowed_hosts=tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
         if args.allowed_hosts else (args.host, *Settings.allowed_hosts))
 

@@ -54,7 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
                                      "Image routes take JSON or multipart/form-data uploads.")
     app.state.gateway = gw
     app.state.auth = auth.Policy(auth.ApiKeys(settings.api_keys, settings.api_keys_file),
-                                 settings.allowed_hosts, settings.open_docs, settings.open_metrics)
+                                 settings.allowed_hosts, settings.open_metrics)
     app.include_router(api)
     install_page(app)
     drop_validation_422(app)

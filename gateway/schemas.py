@@ -37,7 +37,20 @@ ImageDoc = ("http(s) URL, data: URI or bare base64 image bytes (or, in a multipa
             "request, the image file)")
 # The image fields, by the names callers send (a multipart upload's file parts).
 IMAGE_FIELDS = ("img", "img1", "img2", "image", "imgs")  # imgs: the part repeated
-JPEG = "/9j/4AAQSkZJRgABAQAAAQABAAD..."  # base64 of a JPEG, shortened in the examples
+# A whole JPEG (16x16, the smallest accepted, in colour, as liveness needs; no face: photos
+# do not belong in the project), so that every example is a request that decodes and is
+# answered; put a photo of a face in its place.
+JPEG = ("/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDABALDA4MChAODQ4SERATGCgaGBYWGDEjJR0oOjM9PDkzODdA"
+        "SFxOQERXRTc4UG1RV19iZ2hnPk1xeXBkeFxlZ2P/2wBDARESEhgVGC8aGi9jQjhCY2NjY2NjY2NjY2Nj"
+        "Y2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2P/wAARCAAQABADASIAAhEBAxEB/8QA"
+        "HwAAAQUBAQEBAQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIh"
+        "MUEGE1FhByJxFDKBkaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVW"
+        "V1hZWmNkZWZnaGlqc3R1dnd4eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXG"
+        "x8jJytLT1NXW19jZ2uHi4+Tl5ufo6erx8vP09fb3+Pn6/8QAHwEAAwEBAQEBAQEBAQAAAAAAAAECAwQF"
+        "BgcICQoL/8QAtREAAgECBAQDBAcFBAQAAQJ3AAECAxEEBSExBhJBUQdhcRMiMoEIFEKRobHBCSMzUvAV"
+        "YnLRChYkNOEl8RcYGRomJygpKjU2Nzg5OkNERUZHSElKU1RVVldYWVpjZGVmZ2hpanN0dXZ3eHl6goOE"
+        "hYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4uPk5ebn6Onq"
+        "8vP09fb3+Pn6/9oADAMBAAIRAxEAPwC5RRRXIdp//9k=")
 
 
 def not_blank(name: str | None) -> str | None:
@@ -60,14 +73,15 @@ def bounded_labels(labels: dict[str, str] | None) -> dict[str, str] | None:
 
 
 def example(**body) -> ConfigDict:
-    """A request example for the OpenAPI docs."""
+    """A request example for the OpenAPI docs: only the fields it is about, the rest default
+    (docs.py makes it what Swagger's "Try it out" pre-fills)."""
     return ConfigDict(json_schema_extra={"examples": [body]})
 
 
 # -- requests -------------------------------------------------------------------
 
 class VerifyRequest(BaseModel):
-    model_config = example(img1=JPEG, img2="https://example.org/people/ann-2.jpg")
+    model_config = example(img1=JPEG, img2=JPEG)
 
     model: str | None = ModelField
     img1: str = Field(description=ImageDoc)
@@ -83,12 +97,15 @@ class AnalyzeRequest(BaseModel):
     img: str = Field(description=ImageDoc)
     actions: list[Action] | None = Field(
         None, max_length=MAX_ACTIONS, description=f"attributes to compute (age, gender), at most "
-                                                  f"{MAX_ACTIONS}; omitted or empty: all supported")
+                                                  f"{MAX_ACTIONS}; omitted or empty: all supported. "
+                                                  "emotion and race are accepted but never "
+                                                  "computed: the answer lists them in "
+                                                  "unsupported_actions")
     anti_spoofing: bool = False
 
 
 class EmbedRequest(BaseModel):
-    model_config = example(img="data:image/jpeg;base64," + JPEG, model="insightface-opencv")
+    model_config = example(img="data:image/jpeg;base64," + JPEG)
 
     model: str | None = ModelField
     img: str = Field(description=ImageDoc)
@@ -199,7 +216,7 @@ class ForgetRequest(BaseModel):
 
 
 class DetectionRequest(BaseModel):
-    model_config = example(image=JPEG, threshold=0.5)
+    model_config = example(image=JPEG)
 
     model: str | None = ModelField
     image: str = Field(description=ImageDoc)
@@ -253,6 +270,9 @@ class FaceAnalysis(BaseModel):
 
 class AnalyzeResponse(BaseModel):
     faces: list[FaceAnalysis]
+    unsupported_actions: list[str] | None = Field(
+        None, description="actions asked for that no model here computes (emotion, race): "
+                          "their fields stay empty")
 
 
 class EmbedResponse(BaseModel):

@@ -53,7 +53,6 @@ class Settings:
     # HTTP API keys (gateway/middleware/auth.py): FACE_API_KEYS entries and/or a keys file; both None: off.
     api_keys: str | None = dataclasses.field(default=None, repr=False)
     api_keys_file: pathlib.Path | None = None
-    open_docs: bool = False      # /docs, /redoc and /openapi.json without a key
     open_metrics: bool = False   # /metrics without a key
     allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")  # Host headers served
 

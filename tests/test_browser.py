@@ -108,7 +108,27 @@ def test_the_page_verifies_registers_identifies_and_forgets(page, gateway):
     assert "no match" not in first.inner_text()
     page.screenshot(path=ARTIFACTS / "page-identify.png", full_page=True)
 
+    # The search box finds a person by name; cleared, everyone is listed again.
+    page.fill("#registry form.search input[name=name]", "Rose Leslie")
+    page.click("#registry form.search button[type=submit]")
+    page.wait_for_selector("#registry .range:text('1–1 of 1')")
+    assert page.locator("#registry tbody .name").all_inner_texts() == ["Rose Leslie"]
+    page.fill("#registry form.search input[name=name]", "Nobody Here")
+    page.click("#registry form.search button[type=submit]")
+    page.wait_for_selector("#registry .range:text('nobody named Nobody Here')")
+    page.fill("#registry form.search input[name=name]", "")
+    page.click("#registry form.search button[type=submit]")
+    page.wait_for_selector("#registry .range:text('1–3 of 3')")
+
+    # Forget asks first: dismissed, nothing is forgotten; accepted, the person goes.
+    asked = []
     row = page.locator("#registry tbody tr", has_text="Kit Harington")
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    row.locator("button.forget").click()
+    page.wait_for_timeout(300)
+    assert asked and "Forget Kit Harington" in asked[0]
+    assert page.locator("#registry tbody tr").count() == 3
+    page.once("dialog", lambda dialog: dialog.accept())
     row.locator("button.forget").click()
     page.wait_for_selector("#registry .count:text('(2)')")
     names = page.locator("#registry tbody .name").all_inner_texts()
@@ -142,6 +162,7 @@ def test_the_registry_pages_and_forgetting_the_last_row_goes_back(page, gateway)
     page.click("#registry .next")
     page.wait_for_selector("#registry .range:text('11–11 of 11')")
     assert page.is_disabled("#registry .next")
+    page.once("dialog", lambda dialog: dialog.accept())
     page.click("#registry tbody button.forget")
     page.wait_for_selector("#registry .range:text('1–10 of 10')")
 

@@ -36,7 +36,10 @@ def test_dockerfile_passes_hadolint():
 
 
 def test_dockerfile_runs_as_non_root_with_a_healthcheck_and_an_exec_entrypoint():
-    assert re.search(r"^USER 10001", DOCKERFILE, re.MULTILINE)
+    assert re.search(r"^USER 10001:10001$", DOCKERFILE, re.MULTILINE)
+    # the user's own group is 10001 too (useradd --user-group would take the next system gid)
+    assert "groupadd --system --gid 10001 face" in DOCKERFILE
+    assert "useradd --system --uid 10001 --gid 10001" in DOCKERFILE
     assert "HEALTHCHECK" in DOCKERFILE and "/healthz" in DOCKERFILE
     assert re.search(r'^ENTRYPOINT \["face-entrypoint"\]$', DOCKERFILE, re.MULTILINE)
     assert 'VOLUME ["/models", "/data"]' in DOCKERFILE
@@ -57,15 +60,40 @@ def test_compose_runs_the_gateway_with_a_pgvector_store():
     assert gateway["depends_on"]["db"]["condition"] == "service_healthy"
 
 
+def test_readme_and_compose_start_the_image_with_a_key():
+    """On 0.0.0.0 the gateway refuses to start without keys: every documented start gives one."""
+    docker = ROOT.joinpath("README.md").read_text().split("## Docker", 1)[1].split("\n## ", 1)[0]
+    runs = [line for line in docker.splitlines() if line.startswith("docker run")]
+    assert runs and all("-e FACE_API_KEYS" in line for line in runs), runs
+    gateway = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["gateway"]
+    assert gateway["environment"]["FACE_API_KEYS"].startswith("${FACE_API_KEYS:?")
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The image's ENV lines (KEY=VALUE pairs, continued lines joined)."""
+    text = re.search(r"^ENV (.+?)(?<!\\)$", DOCKERFILE.replace("\\\n", " "), re.MULTILINE)[1]
+    return dict(pair.split("=", 1) for pair in text.split())
+
+
+def test_the_image_refuses_to_start_without_keys():
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", **dockerfile_env()}
+    env.pop("FACE_API_KEYS", None)
+    assert env["FACE_HOST"] == "0.0.0.0"
+    run = subprocess.run([VENV_BIN / "face-gateway"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode != 0 and "without API keys" in run.stderr, run.stderr
+
+
 def healthcheck_command() -> list[str]:
     return json.loads(re.search(r"CMD (\[.*\])$", DOCKERFILE, re.MULTILINE)[1])
 
 
 @needs_shared
 def test_entrypoint_installs_the_model_then_execs_the_gateway(tmp_path):
-    port = free_port()
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-           "FACE_HOST": "127.0.0.1", "FACE_PORT": str(port),
+    port, key = free_port(), "docker-test-key-0123456789"
+    # The image's ENV, but on loopback (the tests serve nothing beyond this machine)
+    env = {**os.environ, **dockerfile_env(), "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+           "FACE_API_KEYS": key, "FACE_HOST": "127.0.0.1", "FACE_PORT": str(port),
            "FACE_MODELS_DIR": str(tmp_path / "models"), "FACE_DATA_DIR": str(tmp_path / "data"),
            "FACE_DEFAULT_MODEL": "local-pack", "FACE_MODELS_ACCEPT_LICENSE": "1",
            "FACE_MODELS_GALLERY": str(readme_gallery(tmp_path / "weights"))}
@@ -80,7 +108,11 @@ def test_entrypoint_installs_the_model_then_execs_the_gateway(tmp_path):
         python = shutil.which("python", path=str(VENV_BIN))
         assert subprocess.run([python, *healthcheck_command()[1:]], env=env,
                               timeout=30).returncode == 0
-        backend = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"][0]["pid"]
+        # Reached by its compose service name, as another container calls it
+        listed = httpx.get(f"http://127.0.0.1:{port}/v1/models",
+                           headers={"host": "gateway:8080", "x-api-key": key})
+        assert listed.status_code == 200, listed.text
+        backend = listed.json()["data"][0]["pid"]
     finally:
         proc.send_signal(signal.SIGTERM)
     # uvicorn shuts down, then re-raises the signal: -15 after a clean stop

@@ -408,15 +408,43 @@ def test_verify_reports_a_changed_file(tmp_path, capsys):
     assert cli(capsys, "verify", "m1", "--models-dir", models)[0] == 0
 
 
-def test_different_file_under_a_shared_name_is_refused(tmp_path, capsys):
-    gallery = write_gallery(tmp_path / "g.yaml", [
-        entry("first", [random_file(tmp_path / "a", "MiniFASNetV2.onnx")]),
-        entry("second", [random_file(tmp_path / "b", "MiniFASNetV2.onnx")])])
+def test_different_file_under_a_shared_name_goes_into_the_models_own_folder(tmp_path, capsys):
+    """README's offline pack and a built-in model both name MiniFASNetV2.onnx, with other
+    bytes: both install, each keeps its own, and removing one leaves the other whole."""
+    first, second = random_file(tmp_path / "a", "MiniFASNetV2.onnx"), random_file(
+        tmp_path / "b", "MiniFASNetV2.onnx")
+    options = ["engine:insightface", "antispoof_v2_onnx:MiniFASNetV2.onnx"]
+    gallery = write_gallery(tmp_path / "g.yaml", [entry("first", [first], options),
+                                                  entry("second", [second], options)])
     models = tmp_path / "m"
     assert cli(capsys, "install", "first", "--gallery", gallery, "--models-dir", models)[0] == 0
     rc, _, err = cli(capsys, "install", "second", "--gallery", gallery, "--models-dir", models)
-    assert rc == 1 and "MiniFASNetV2.onnx" in err and "remove first" in err
+    assert rc == 0, err
+    configs = load_model_configs(models)
+    assert configs["second"].files == ["second/MiniFASNetV2.onnx"]
+    assert configs["second"].option("antispoof_v2_onnx") == "second/MiniFASNetV2.onnx"
+    assert (tmp_path / "b" / "MiniFASNetV2.onnx").read_bytes() == (
+        models / "second" / "MiniFASNetV2.onnx").read_bytes()
+    assert (tmp_path / "a" / "MiniFASNetV2.onnx").read_bytes() == (
+        models / "MiniFASNetV2.onnx").read_bytes()
+    # installing again keeps it where it is
+    assert cli(capsys, "install", "second", "--gallery", gallery, "--models-dir", models)[0] == 0
+    for name in ("first", "second"):
+        assert cli(capsys, "verify", name, "--models-dir", models)[0] == 0
+    assert cli(capsys, "remove", "second", "--models-dir", models)[0] == 0
+    assert not (models / "second").exists()
     assert cli(capsys, "verify", "first", "--models-dir", models)[0] == 0
+
+
+def test_list_counts_only_files_with_the_gallerys_bytes(tmp_path, capsys):
+    good, other = random_file(tmp_path / "src", "a.onnx"), random_file(tmp_path / "src", "b.onnx")
+    gallery = write_gallery(tmp_path / "g.yaml", [entry("half", [good, other])])
+    models = tmp_path / "m"
+    models.mkdir()
+    (models / "a.onnx").write_bytes((tmp_path / "src" / "a.onnx").read_bytes())
+    (models / "b.onnx").write_bytes(b"same name, other bytes")  # e.g. another model's file
+    rc, out, _ = cli(capsys, "list", "--gallery", gallery, "--models-dir", models)
+    assert rc == 0 and re.search(r"^  half +MIT +partly installed: 1 of 2 files", out, re.M)
 
 
 def test_mirror_supplies_files_by_name_and_is_checked(tmp_path, capsys, monkeypatch):

@@ -172,7 +172,12 @@ def test_forget_is_204_then_404(api, seeded):
 def test_metrics_count_requests_errors_and_registry(api):
     api.get("/healthz")
     api.get("/v1/nowhere")
+    # a multipart upload is counted under its route (the form is converted to JSON first)
+    upload = api.post("/v1/face/embed", files={"img": ("a.jpg", b"not an image")},
+                      data={"model": "alpha"})
     text = api.get("/metrics").text
+    assert (f'face_gateway_requests_total{{code="{upload.status_code}",method="POST",'
+            'route="/v1/face/embed"}') in text
     assert 'face_gateway_requests_total{code="200",method="GET",route="/healthz"}' in text
     assert 'face_gateway_errors_total{code="404",type="not_found"}' in text
     assert ('face_gateway_request_duration_seconds_bucket'

@@ -33,23 +33,22 @@ def test_options_come_from_env_and_the_command_line_wins(monkeypatch, tmp_path):
 
 
 def test_auth_options_from_env_and_defaults(monkeypatch, tmp_path):
-    for name in ("FACE_API_KEYS", "FACE_API_KEYS_FILE", "FACE_ALLOWED_HOSTS", "FACE_OPEN_DOCS",
-                 "FACE_OPEN_METRICS", "FACE_INSECURE"):
+    for name in ("FACE_API_KEYS", "FACE_API_KEYS_FILE", "FACE_ALLOWED_HOSTS", "FACE_OPEN_METRICS",
+                 "FACE_INSECURE"):
         monkeypatch.delenv(name, raising=False)
     plain = settings_from(parse_args(["--host", "10.0.0.5"]))
-    assert plain.api_keys is None and plain.api_keys_file is None and not plain.open_docs
+    assert plain.api_keys is None and plain.api_keys_file is None and not plain.open_metrics
     assert plain.allowed_hosts == ("10.0.0.5", "localhost", "127.0.0.1", "::1")
     monkeypatch.setenv("FACE_API_KEYS", "k" * 16)
     monkeypatch.setenv("FACE_API_KEYS_FILE", str(tmp_path / "keys"))
     monkeypatch.setenv("FACE_ALLOWED_HOSTS", "face.example, 10.0.0.5")
-    monkeypatch.setenv("FACE_OPEN_DOCS", "1")
     monkeypatch.setenv("FACE_OPEN_METRICS", "yes")
     monkeypatch.setenv("FACE_INSECURE", "true")
     args = parse_args([])
     keyed = settings_from(args)
     assert keyed.api_keys == "k" * 16 and keyed.api_keys_file == tmp_path / "keys"
     assert keyed.allowed_hosts == ("face.example", "10.0.0.5")
-    assert keyed.open_docs and keyed.open_metrics and args.insecure
+    assert keyed.open_metrics and args.insecure
     assert "k" * 16 not in repr(keyed)  # settings may be logged; keys may not
 
 

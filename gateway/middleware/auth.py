@@ -40,12 +40,15 @@ PEOPLE_PREFIX = "/v1/face/people/"  # GET reads a person; every other method cha
 
 def is_write(method: str, path: str) -> bool:
     return path in WRITE_PATHS or (path.startswith(PEOPLE_PREFIX) and method != "GET")
-# Reachable without a key: the health probes, and the web page with its assets, which
-# must load so that it can ask the user for a key.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
-OPEN_PREFIXES = (PAGE_ASSETS + "/",)
-DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-DOCS_ASSETS = "/static-offline-docs/"  # fastapi-offline's Swagger UI and ReDoc files
+
+
+# Reachable without a key: the health probes, the web page with its assets, which must load
+# so that it can ask the user for a key, and the API docs, which hold no data (Swagger's
+# Authorize button carries the key to the calls it makes). The last prefix holds
+# fastapi-offline's Swagger UI and ReDoc files.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico",
+                        "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PREFIXES = (PAGE_ASSETS + "/", "/static-offline-docs/")
 METRICS_PATHS = frozenset({"/metrics"})
 # Probes (Docker, Kubernetes) reach the gateway by whatever address they have, and the
 # two answers hold nothing a DNS-rebinding page could use.
@@ -198,12 +201,10 @@ def is_loopback(host: str) -> bool:
 class Policy:
     keys: ApiKeys
     allowed_hosts: tuple[str, ...]  # '*' allows any Host header
-    open_docs: bool = False
     open_metrics: bool = False
 
     def is_open(self, path: str) -> bool:
         return (path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
-                or (self.open_docs and (path in DOCS_PATHS or path.startswith(DOCS_ASSETS)))
                 or (self.open_metrics and path in METRICS_PATHS))
 
     def host_allowed(self, host: str) -> bool:

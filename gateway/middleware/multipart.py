@@ -172,7 +172,10 @@ class MultipartMiddleware:
                 return {"type": "http.request", "body": b" ", "more_body": False}
             return await receive()
 
-        await self.app({**scope, "headers": rewritten, "state": state}, replay, send)
+        # The same scope, not a copy: the route FastAPI records in it is what /metrics counts
+        # the request under (MetricsMiddleware, outside this one, reads it afterwards).
+        scope["headers"], scope["state"] = rewritten, state
+        await self.app(scope, replay, send)
 
 
 def _convert(model: type[BaseModel], content_type: bytes, chunks: collections.deque) -> dict:

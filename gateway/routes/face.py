@@ -1,6 +1,7 @@
 """The stateless face routes: verify, analyze, embed and detection."""
 from fastapi import Depends
 
+from face_contract.actions import UNSUPPORTED_ACTIONS
 from face_contract.rpc import backend_pb2 as pb
 
 from .. import schemas as s
@@ -51,7 +52,8 @@ async def analyze(body: s.AnalyzeRequest, gw: Gateway = Depends(gateway)):
         dominant_race=f.dominant_race or None, race=_scores(f.race),
         is_real=f.is_real if body.anti_spoofing else None,
         antispoof_score=_f(f.antispoof_score) if body.anti_spoofing else None,
-    ) for f in r.faces])
+    ) for f in r.faces], unsupported_actions=[
+        a for a in UNSUPPORTED_ACTIONS if a in (body.actions or [])] or None)
 
 
 @api.post("/v1/face/embed", response_model=s.EmbedResponse,
@@ -64,6 +66,11 @@ async def embed(body: s.EmbedRequest, gw: Gateway = Depends(gateway)):
 
 @api.post("/v1/detection", response_model=s.DetectionResponse,
           openapi_extra=form_schema(s.DetectionRequest), **face)
+# LocalAI's docs send face detection to /v1/face/detect, a path LocalAI itself does not serve.
+@api.post("/v1/face/detect", response_model=s.DetectionResponse,
+          openapi_extra=form_schema(s.DetectionRequest), summary="Detection (alias)",
+          description="The same as /v1/detection, at the path LocalAI's documentation names.",
+          **face)
 async def detection(body: s.DetectionRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     image = await image_b64(body.image, "image", gw.fetcher)

@@ -258,7 +258,8 @@ section("identify", async (photos, data) => {
     el("tbody", {}, ...rows))];
 });
 
-// A paged listing: list(query) answers {items, total}; row(item) makes its table row.
+// A paged listing: list(query) answers {items, total}; row(item) makes its table row. Its
+// search box (input name=name), when it has one, filters by name.
 function listing(id, list, row, unit) {
   const root = document.getElementById(id);
   $(root, "table").after(el("div", { className: "pager" },
@@ -271,6 +272,8 @@ function listing(id, list, row, unit) {
       const model = document.getElementById("model").value;
       const query = new URLSearchParams({ limit: PAGE_SIZE, offset: view.offset });
       if (model) query.set("model", model);
+      const name = $(root, "input[name=name]").value.trim();
+      if (name) query.set("name", name);
       try {
         const r = await list(query);
         if (!r.items.length && view.offset > 0) {
@@ -281,7 +284,8 @@ function listing(id, list, row, unit) {
         result.textContent = "";
         $(root, ".count").textContent = `(${r.total})`;
         $(root, ".range").textContent = r.total
-          ? `${view.offset + 1}–${view.offset + r.items.length} of ${r.total} ${unit}` : "nobody yet";
+          ? `${view.offset + 1}–${view.offset + r.items.length} of ${r.total} ${unit}`
+          : (name ? `nobody named ${name}` : "nobody yet");
         $(root, ".prev").disabled = view.offset === 0;
         $(root, ".next").disabled = view.offset + r.items.length >= r.total;
         $(root, "tbody").replaceChildren(...r.items.map(row));
@@ -315,15 +319,23 @@ const registry = listing("registry", (query) => api("GET", `/v1/face/registry?${
     el("td", {}, labelText(item.labels)),
     el("td", { title: item.registered_at }, item.registered_at.slice(0, 16).replace("T", " ")),
     el("td", {}, el("button", { type: "button", className: "forget", textContent: "Forget",
-                                onclick: () => registry.act(() => api("POST", "/v1/face/forget", { id: item.id })) }))),
+                                onclick: () => forgetPhoto(item) }))),
   "photos");
 
+function forgetPhoto(item) {
+  // Forgetting cannot be undone: the face is gone from the registry.
+  if (!window.confirm(`Forget ${item.name}, registered ${item.registered_at.slice(0, 10)}? `
+                      + "This cannot be undone.")) return;
+  registry.act(() => api("POST", "/v1/face/forget", { id: item.id }));
+}
+$(registry.root, "form.search").addEventListener("submit", (event) => {
+  event.preventDefault();
+  registry.offset = 0;
+  registry.refresh();
+});
+
 const peopleRoot = document.getElementById("people");
-const people = listing("people", (query) => {
-  const name = $(peopleRoot, "input[name=name]").value;
-  if (name) query.set("name", name);
-  return api("GET", `/v1/face/people?${query}`);
-}, (person) => {
+const people = listing("people", (query) => api("GET", `/v1/face/people?${query}`), (person) => {
   const forget = el("button", { type: "button", className: "forget", textContent: "Forget" });
   const cancel = el("button", { type: "button", className: "cancel", textContent: "Cancel", hidden: true });
   forget.onclick = () => {  // a first click asks; only the second forgets
