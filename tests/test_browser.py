@@ -258,7 +258,7 @@ def test_the_people_view_adds_photos_merges_and_forgets_with_a_confirmation(page
     assert forget.inner_text() == "Forget" and rows.count() == 1
     forget.click()
     forget.click()
-    page.wait_for_selector("#people .range:text('nobody yet')")
+    page.wait_for_selector("#people .range:text('nobody named Oba')")  # the prefix is still set
     page.fill("#people input[name=name]", "")
     page.wait_for_selector("#people .count:text('(1)')")
     assert rows.locator(".name").all_inner_texts() == ["Rose Leslie"]
