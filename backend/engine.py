@@ -50,6 +50,15 @@ class FaceEngine:
         crops = [self.recognizer.crop(img, face) for img, face in zip(images, faces)]
         return faces, self.recognizer.embed_crops(crops)
 
+    def faces(self, img: np.ndarray, all_faces: bool, threshold: float = 0.0) -> list[Face]:
+        """Every face (largest first) or only the primary one; no face is an empty list."""
+        faces = self.detect(img, threshold)
+        return faces if all_faces else faces[:1]
+
+    def crops(self, img: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
+        """Each face aligned as the recognizer sees it."""
+        return [self.recognizer.crop(img, face) for face in faces]
+
     def liveness_ready(self, img: np.ndarray, field: str) -> None:
         """Liveness can judge this image: its weights are loaded and the image has colour."""
         if self.liveness is None:

@@ -18,6 +18,7 @@ from .loader import build_engine
 from .models.session import IN_FLIGHT
 from face_contract.rpc import backend_pb2 as pb
 from face_contract.rpc import backend_pb2_grpc as pb_grpc
+from face_contract.rpc import face_extras_pb2_grpc as xpb_grpc
 from face_contract.similarity import confidence, cosine_distance
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,10 @@ def make_server(addr: str, workers: int | None = None) -> grpc.Server:
         interceptors=[TokenAuth(token)] if token else [],
         options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-    pb_grpc.add_BackendServicer_to_server(BackendServicer(), server)
+    backend = BackendServicer()
+    pb_grpc.add_BackendServicer_to_server(backend, server)
+    from .extras import FaceExtrasServicer  # it builds on this module's servicer
+    xpb_grpc.add_FaceExtrasServicer_to_server(FaceExtrasServicer(backend), server)
     if server.add_insecure_port(addr) == 0:
         raise SystemExit(f"cannot listen on {addr}")
     return server

@@ -10,6 +10,7 @@ from .yunet import yunet_row
 
 class SFace:
     taskname = "recognition"
+    input_size = 112  # alignCrop's output side
 
     def __init__(self, path: str):
         self.path = path

@@ -19,6 +19,7 @@ import grpc
 from face_contract.errors import IDENTITY_MISMATCH, NO_MODEL_LOADED, FaceError
 from face_contract.rpc import backend_pb2 as pb
 from face_contract.rpc import backend_pb2_grpc as pb_grpc
+from face_contract.rpc import face_extras_pb2 as xpb
 from gallery.configs import ModelConfig
 
 from ..settings import Settings
@@ -35,7 +36,13 @@ CHANNEL_OPTIONS = [("grpc.max_send_message_length", MESSAGE_LIMIT),
                    ("grpc.min_reconnect_backoff_ms", 200),
                    ("grpc.max_reconnect_backoff_ms", 1000)]
 # Health is answered at once by a live backend, however busy: a short deadline finds hung ones.
-_SERVICE = pb.DESCRIPTOR.services_by_name["Backend"]
+# Every method a backend serves: LocalAI's Backend service and our FaceExtras beside it
+# (proto/face_extras.proto), by name -> (its path, the reply's class).
+METHODS = {method.name: (f"/{service.full_name}/{method.name}",
+                         getattr(module, method.output_type.name))
+           for module, service in ((pb, pb.DESCRIPTOR.services_by_name["Backend"]),
+                                   (xpb, xpb.DESCRIPTOR.services_by_name["FaceExtras"]))
+           for method in service.methods}
 HEALTH_TIMEOUT_S = 3.0
 STOP_GRACE_S = 10.0
 CLOSE_GRACE_S = 5.0
@@ -111,9 +118,8 @@ class Member:
         self.calls += 1
         try:
             wire = await asyncio.to_thread(serialise, request, large or {})
-            reply = getattr(pb, _SERVICE.methods_by_name[method].output_type.name)
-            send = self.channel.unary_unary(f"/{_SERVICE.full_name}/{method}",
-                                            response_deserializer=reply.FromString)
+            path, reply = METHODS[method]
+            send = self.channel.unary_unary(path, response_deserializer=reply.FromString)
             return await send(wire, timeout=self.settings.backend_call_timeout_s,
                               metadata=self.metadata)
         finally:
