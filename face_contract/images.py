@@ -15,6 +15,7 @@ from .errors import InvalidInput
 MAX_IMAGE_BYTES = 20 * 1024 * 1024   # encoded image
 MAX_IMAGE_PIXELS = 40_000_000        # width x height after decoding (about 7700x5200)
 MIN_IMAGE_SIDE = 16
+MAX_IMAGE_SIDE = 65535               # the most JPEG and GIF headers can declare
 ALLOWED_FORMATS = ("JPEG", "PNG", "WebP", "BMP", "TIFF", "GIF")
 MAX_JPEG_SEGMENTS = 1024   # markers walked before the frame header; each read is 4 bytes
 MAX_JPEG_FILL = 4096      # 0xFF padding bytes between markers, in all
@@ -247,4 +248,7 @@ def check_limits(data: bytes, field: str = "image") -> tuple[str, int, int]:
     if width * height > MAX_IMAGE_PIXELS:
         raise InvalidInput(f"{field} is {width}x{height} pixels, over the "
                            f"{MAX_IMAGE_PIXELS} pixel limit")
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise InvalidInput(f"{field} is {width}x{height} pixels; each side must be at most "
+                           f"{MAX_IMAGE_SIDE}")
     return kind, width, height

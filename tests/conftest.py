@@ -1,6 +1,8 @@
 """Session-wide fixtures."""
 import pytest
 
+import backend  # noqa: F401  sets OpenCV's image-size limits before a test imports cv2
+
 
 @pytest.fixture(scope="session")
 def postgres():
