@@ -25,6 +25,7 @@ import pytest
 
 from gateway_support import error_message as error_of, gateway_process, write_config
 from support import FACES, needs_shared
+from test_image_formats import LYING
 from test_limits import read_until_closed, rss
 
 pytestmark = needs_shared
@@ -444,3 +445,25 @@ def test_a_keys_file_rewritten_in_place_under_sighups_never_refuses_a_valid_key(
     assert proc.poll() is None
     assert len(statuses) > 50 and set(statuses) == {200}, \
         f"{statuses.count(401)} of {len(statuses)} refused"
+
+
+def backend_pid(gw) -> int:
+    model = next(m for m in gw.get("/v1/models").json()["data"] if m["id"] == MODEL)
+    return model["pid"]
+
+
+@pytest.mark.parametrize("case", sorted(LYING))
+def test_image_sizes_that_lie_are_refused_within_the_limit(gw, case):
+    """Item 1: each format's crafted files (a small declared size over large data, two ways or
+    more each) are 4xx and never cost the backend a decode over the pixel limit."""
+    data = LYING[case]()
+    pid = backend_pid(gw)
+    content, content_type = multipart([], [("img", data)])
+    with peak_memory(pid) as memory:
+        reply = gw.post("/v1/face/embed", content=content, headers={"content-type": content_type})
+    assert 400 <= reply.status_code < 500, reply.text[:300]
+    grown = memory["growth"] / MIB
+    print(f"\n{case}: {len(data) / MIB:.1f} MiB -> {reply.status_code}, backend peak RSS "
+          f"+{grown:.0f} MiB ({error_of(reply, reply.status_code)[:90]})")
+    assert backend_pid(gw) == pid, "the backend was restarted"
+    assert grown < 3 * len(data) / MIB + 100, f"{case}: +{grown:.0f} MiB"
