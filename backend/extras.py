@@ -33,6 +33,10 @@ class FaceExtrasServicer(xpb_grpc.FaceExtrasServicer):
     def engine(self):
         return self.backend.engine
 
+    @property
+    def face_slots(self):  # shared with the Backend service: one budget of worker threads
+        return self.backend.face_slots
+
     @face_rpc
     def Faces(self, engine, request, context, started):
         img = images.decode(request.src, "src")

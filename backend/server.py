@@ -1,4 +1,5 @@
 """The gRPC servicer: LocalAI's Backend service over a FaceEngine."""
+import contextlib
 import functools
 from concurrent import futures
 import hmac
@@ -12,8 +13,8 @@ import grpc
 
 from . import images
 from .engine import FaceEngine
-from face_contract.errors import (IDENTITY_MISMATCH, NO_MODEL_LOADED, Cancelled, FaceError,
-                                   NotFound, NotReady)
+from face_contract.errors import (IDENTITY_MISMATCH, NO_MODEL_LOADED, Busy, Cancelled,
+                                   FaceError, NotFound, NotReady)
 from .loader import build_engine
 from .models.session import IN_FLIGHT
 from face_contract.rpc import backend_pb2 as pb
@@ -25,6 +26,34 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 50 * 1024 * 1024
 AUTH_ENV = "LOCALAI_GRPC_AUTH_TOKEN"
+# gRPC Python serves every call from one thread pool: face work may take all its threads but
+# these, so Health (and Status, LoadModel) is answered at once however busy the backend is and
+# a Health that times out means a hung process, not a busy one.
+RESERVED_WORKERS = 1
+
+
+def default_workers() -> int:
+    return max(4, 2 * (os.cpu_count() or 1))
+
+
+class FaceSlots:
+    """Calls doing face work at once, at most `size`; one more is refused at once (a caller
+    that sends more than a backend has workers for gets RESOURCE_EXHAUSTED, not a queue that
+    would hold every worker thread)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._free = threading.BoundedSemaphore(size)
+
+    @contextlib.contextmanager
+    def taken(self):
+        if not self._free.acquire(blocking=False):
+            raise Busy(f"the backend is busy with {self.size} calls, all it serves at once; "
+                       "retry shortly")
+        try:
+            yield
+        finally:
+            self._free.release()
 
 
 class TokenAuth(grpc.ServerInterceptor):
@@ -69,7 +98,7 @@ def face_rpc(method):
             if identity and identity != engine.name:
                 raise NotFound(f"{IDENTITY_MISMATCH}: asked for {identity!r}, "
                                f"loaded {engine.name!r}")
-            with IN_FLIGHT:
+            with self.face_slots.taken(), IN_FLIGHT:
                 return method(self, engine, request, context, started)
         except FaceError as exc:
             code = exc.grpc_code
@@ -90,8 +119,9 @@ def _area(face) -> pb.FacialArea:
 
 
 class BackendServicer(pb_grpc.BackendServicer):
-    def __init__(self):
+    def __init__(self, face_slots: FaceSlots | None = None):
         self.engine: FaceEngine | None = None
+        self.face_slots = face_slots or FaceSlots(default_workers() - RESERVED_WORKERS)
         self._load_lock = threading.Lock()
 
     def Health(self, request, context):
@@ -180,12 +210,13 @@ class BackendServicer(pb_grpc.BackendServicer):
 
 def make_server(addr: str, workers: int | None = None) -> grpc.Server:
     token = os.environ.get(AUTH_ENV, "")
+    workers = max(workers or default_workers(), RESERVED_WORKERS + 1)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers or max(4, 2 * (os.cpu_count() or 1))),
+        futures.ThreadPoolExecutor(max_workers=workers),
         interceptors=[TokenAuth(token)] if token else [],
         options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-    backend = BackendServicer()
+    backend = BackendServicer(FaceSlots(workers - RESERVED_WORKERS))
     pb_grpc.add_BackendServicer_to_server(backend, server)
     from .extras import FaceExtrasServicer  # it builds on this module's servicer
     xpb_grpc.add_FaceExtrasServicer_to_server(FaceExtrasServicer(backend), server)

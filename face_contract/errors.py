@@ -56,6 +56,11 @@ class Cancelled(FaceError):
     grpc_code = grpc.StatusCode.CANCELLED
 
 
+class Busy(FaceError):
+    """The backend serves all the calls it has workers for: retry shortly (503)."""
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class ModelLoadError(FaceError):
     """LoadModel could not build an engine; the message names the file or option."""
 
@@ -70,6 +75,7 @@ GRPC_TO_HTTP = {
     grpc.StatusCode.PERMISSION_DENIED: (403, "forbidden"),
     grpc.StatusCode.UNIMPLEMENTED: (501, "unimplemented"),
     grpc.StatusCode.UNAVAILABLE: (503, "unavailable"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (503, "unavailable"),
     # A backend that did not answer in time is down or hung for its caller: retry later.
     grpc.StatusCode.DEADLINE_EXCEEDED: (503, "unavailable"),
 }

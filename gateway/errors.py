@@ -73,7 +73,8 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     async def on_face_error(_: Request, exc: FaceError):
-        return error_response(http_status_for(exc.grpc_code)[0], str(exc))
+        status = http_status_for(exc.grpc_code)[0]  # 503: a backend down or busy, for now
+        return error_response(status, str(exc), retry_after_s=1 if status == 503 else None)
 
     async def on_api_error(_: Request, exc: ApiError):
         return error_response(exc.status, str(exc))

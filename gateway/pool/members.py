@@ -44,6 +44,12 @@ METHODS = {method.name: (f"/{service.full_name}/{method.name}",
                                    (xpb, xpb.DESCRIPTOR.services_by_name["FaceExtras"]))
            for method in service.methods}
 HEALTH_TIMEOUT_S = 3.0
+# Worker threads of a backend the gateway starts (--workers). A backend keeps one of them for
+# Health and refuses face work past the rest (backend/server.py), so a member is sent at most
+# FACE_SLOTS calls at once and more wait here, in the gateway, for one to end. A backend started
+# by someone else is assumed to run its default, the same number.
+BACKEND_WORKERS = max(4, 2 * (os.cpu_count() or 1))
+FACE_SLOTS = BACKEND_WORKERS - 1
 STOP_GRACE_S = 10.0
 CLOSE_GRACE_S = 5.0
 
@@ -84,6 +90,8 @@ class Member:
     next_check: float = 0.0  # event-loop time before which the watcher leaves it alone
     wanted: bool = False  # a call or the preload asked for it: the watcher keeps it up from then
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    slots: asyncio.Semaphore = dataclasses.field(
+        default_factory=lambda: asyncio.Semaphore(FACE_SLOTS))
 
     @property
     def managed(self) -> bool:
@@ -109,19 +117,33 @@ class Member:
     # -- calls ----------------------------------------------------------------
 
     async def call(self, method: str, request, large: dict | None = None):
-        """`method` with the call deadline; counted in `in_flight` while it runs.
+        """`method` with the call deadline, once one of the member's slots is free (waiting at
+        most that deadline too); counted in `in_flight` from the moment it waits.
 
         `large` holds the request's image fields: serialised on a thread (gateway.pool.wire) and
         sent as bytes, so a 48 MiB request does not hold the event loop."""
         request.ModelIdentity = self.identity
         self.in_flight += 1
         self.calls += 1
+        timeout = self.settings.backend_call_timeout_s
         try:
-            wire = await asyncio.to_thread(serialise, request, large or {})
-            path, reply = METHODS[method]
-            send = self.channel.unary_unary(path, response_deserializer=reply.FromString)
-            return await send(wire, timeout=self.settings.backend_call_timeout_s,
-                              metadata=self.metadata)
+            try:
+                await asyncio.wait_for(self.slots.acquire(), timeout)
+            except asyncio.TimeoutError:
+                raise BackendError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"the backends of model '{self.model}' stayed busy for "
+                                   f"{timeout:g} s; retry shortly") from None
+            try:
+                if self.channel is None:  # discarded (restarted) while the call waited
+                    raise BackendError(grpc.StatusCode.UNAVAILABLE,
+                                       f"the backend of model '{self.model}' restarted; "
+                                       "retry shortly")
+                wire = await asyncio.to_thread(serialise, request, large or {})
+                path, reply = METHODS[method]
+                send = self.channel.unary_unary(path, response_deserializer=reply.FromString)
+                return await send(wire, timeout=timeout, metadata=self.metadata)
+            finally:
+                self.slots.release()
         finally:
             self.in_flight -= 1
 
@@ -216,7 +238,8 @@ class Member:
         # gateway.pool.launch follows the thread that started the child, so it must outlive it.
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway.pool.launch", str(os.getpid()),
-             sys.executable, "-m", "backend", "--addr", address],
+             sys.executable, "-m", "backend", "--addr", address,
+             "--workers", str(BACKEND_WORKERS)],
             env=env, stdin=subprocess.DEVNULL, start_new_session=True)
         self.starts += 1
         self.loaded = False
