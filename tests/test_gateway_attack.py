@@ -467,3 +467,61 @@ def test_image_sizes_that_lie_are_refused_within_the_limit(gw, case):
           f"+{grown:.0f} MiB ({error_of(reply, reply.status_code)[:90]})")
     assert backend_pid(gw) == pid, "the backend was restarted"
     assert grown < 3 * len(data) / MIB + 100, f"{case}: +{grown:.0f} MiB"
+
+
+def backend_starts(gw) -> int:
+    model = next(m for m in gw.get("/v1/models").json()["data"] if m["id"] == MODEL)
+    return sum(b["starts"] for b in model["backends"])
+
+
+LARGE_PHOTOS = sorted((p for p in (FACES / "deepface").glob("*.jpg")
+                       if 300_000 < p.stat().st_size < 1_400_000), key=lambda p: p.name)
+
+
+def served_despite_503s(gw, route: str, **kwargs) -> tuple[httpx.Response, int]:
+    """The answer once it is not a 503, and the 503s before it (each must carry Retry-After)."""
+    refused = 0
+    while True:
+        reply = gw.post(route, **kwargs)
+        if reply.status_code != 503:
+            return reply, refused
+        assert reply.headers.get("retry-after"), reply.text
+        refused += 1
+        time.sleep(float(reply.headers["retry-after"]) / 4)
+
+
+def test_a_busy_backend_is_never_restarted_and_loses_nothing(gw):
+    """Item 2: 8 clients analysing a large photo (more than the backend has workers, more than
+    the gateway's slots) for 20 s, then one register of 32 large photos: the backend answers
+    Health throughout, no restart, every request served (a 503 carries Retry-After)."""
+    starts = backend_starts(gw)
+    photo = b64(max(LARGE_PHOTOS, key=lambda p: p.stat().st_size).read_bytes())
+    until = time.monotonic() + 20
+
+    def client(_):
+        statuses, refused = [], 0
+        while time.monotonic() < until:
+            reply, waits = served_despite_503s(gw, "/v1/face/analyze",
+                                               json={"img": photo, "actions": ["age"]})
+            statuses.append(reply.status_code)
+            refused += waits
+        return statuses, refused
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(client, range(8)))
+    statuses = [s for done, _ in results for s in done]
+    refused = sum(r for _, r in results)
+    print(f"\n8 clients analysing a {len(photo) * 3 // 4 / MIB:.1f} MiB photo for 20 s: "
+          f"{len(statuses)} served, {refused} 503s retried, "
+          f"{backend_starts(gw) - starts} restarts")
+    assert set(statuses) == {200}, statuses
+    photos = [p.read_bytes() for p in (LARGE_PHOTOS * 32)[:32]]
+    content, content_type = multipart([("name", "thirty-two")], [("imgs", p) for p in photos])
+    started = time.perf_counter()
+    reply, refused = served_despite_503s(gw, "/v1/face/register", content=content,
+                                         headers={"content-type": content_type})
+    print(f"register of 32 photos ({len(content) / MIB:.0f} MiB): {reply.status_code} in "
+          f"{time.perf_counter() - started:.1f} s")
+    assert reply.status_code == 200, reply.text[:300]
+    assert len(reply.json()["ids"]) == 32
+    assert backend_starts(gw) == starts, "the backend was restarted"
