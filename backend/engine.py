@@ -59,18 +59,20 @@ class FaceEngine:
         """Each face aligned as the recognizer sees it."""
         return [self.recognizer.crop(img, face) for face in faces]
 
-    def liveness_ready(self, img: np.ndarray, field: str) -> None:
-        """Liveness can judge this image: its weights are loaded and the image has colour."""
+    def liveness_ready(self, img: np.ndarray, field: str, face: Face | None = None) -> None:
+        """Liveness can judge this image: its weights are loaded and the image (the face, when
+        given) has colour. Without a face it refuses a grey image before any face work."""
         if self.liveness is None:
             raise NotReady("anti_spoofing needs the MiniFASNet weights: load the model with "
                            "antispoof_v2_onnx:<MiniFASNetV2.onnx> and "
                            "antispoof_v1se_onnx:<MiniFASNetV1SE.onnx>")
-        if is_greyscale(img):
-            raise InvalidInput(f"liveness needs a colour image: {field} is greyscale, and on "
+        if is_greyscale(img, face):
+            what = field if face is None else f"the face in {field}"
+            raise InvalidInput(f"liveness needs a colour image: {what} is greyscale, and on "
                                "greyscale every real face would score as a spoof")
 
     def check_liveness(self, img: np.ndarray, face: Face, field: str) -> tuple[bool, float]:
-        self.liveness_ready(img, field)
+        self.liveness_ready(img, field, face)
         try:
             return self.liveness.check(img, face)
         except InvalidInput as exc:  # a crop too tight: say which image

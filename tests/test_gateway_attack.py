@@ -525,3 +525,28 @@ def test_a_busy_backend_is_never_restarted_and_loses_nothing(gw):
     assert reply.status_code == 200, reply.text[:300]
     assert len(reply.json()["ids"]) == 32
     assert backend_starts(gw) == starts, "the backend was restarted"
+
+
+def test_liveness_judges_the_face_not_a_coloured_stripe(gw):
+    """Item 11: a grey photo with a coloured stripe over 2% of it is still refused, by its face."""
+    import cv2
+    import numpy as np
+    img = cv2.imdecode(np.frombuffer(FACE.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
+    img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    img[:max(1, img.shape[0] // 50)] = (0, 0, 255)  # the top 2% of rows: pure red
+    photo = b64(cv2.imencode(".png", img)[1].tobytes())
+    reply = gw.post("/v1/face/analyze", json={"img": photo, "anti_spoofing": True})
+    error_of(reply, 400, "the face in img is greyscale")
+    live = gw.post("/v1/face/analyze", json={"img": b64(FACE.read_bytes()), "anti_spoofing": True})
+    assert live.status_code == 200 and live.json()["faces"][0]["is_real"], live.text[:300]
+
+
+def test_a_threshold_near_zero_bounds_the_detection_candidates(gw):
+    """Item 11: threshold 1e-9 scores every anchor; NMS sees only the best few hundred."""
+    body = {"image": b64(FACE.read_bytes()), "threshold": 1e-9}
+    started = time.perf_counter()
+    reply = gw.post("/v1/detection", json=body)
+    took = time.perf_counter() - started
+    assert reply.status_code == 200, reply.text[:300]
+    print(f"\ndetection at threshold 1e-9: {len(reply.json()['detections'])} boxes in {took:.2f} s")
+    assert took < 2.0

@@ -28,9 +28,15 @@ MIN_COLOUR_FRACTION = 0.01
 _SAMPLE_SIDE = 256  # the test looks at about this many pixels a side: enough, and cheap
 
 
-def is_greyscale(img: np.ndarray) -> bool:
+def is_greyscale(img: np.ndarray, face: Face | None = None) -> bool:
+    """Whether the image, or the face's box in it when given, has (almost) no colour."""
     if img.ndim == 2 or img.shape[2] == 1:
         return True
+    if face is not None:  # the face is what is judged: colour elsewhere says nothing of it
+        x1, y1, x2, y2 = (int(round(v)) for v in face.box)
+        img = img[max(0, y1):max(y1 + 1, y2), max(0, x1):max(x1 + 1, x2)]
+        if img.size == 0:
+            return True
     step = max(1, max(img.shape[:2]) // _SAMPLE_SIDE)
     sample = img[::step, ::step, :3]
     spread = sample.max(axis=2).astype(np.int16) - sample.min(axis=2)

@@ -2,7 +2,7 @@
 import cv2
 import numpy as np
 
-from .face import Face
+from .face import MAX_NMS_CANDIDATES, Face
 
 STRIDES = (8, 16, 32)
 ANCHORS_PER_CELL = 2
@@ -78,6 +78,9 @@ class SCRFD:
         boxes = np.vstack(boxes) / scale
         kpss = np.vstack(kpss) / scale
         scores = np.concatenate(scores)
+        if scores.size > MAX_NMS_CANDIDATES:
+            best = np.argpartition(-scores, MAX_NMS_CANDIDATES)[:MAX_NMS_CANDIDATES]
+            boxes, kpss, scores = boxes[best], kpss[best], scores[best]
         xywh = np.hstack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]])
         keep = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), float(threshold), NMS_IOU)
         return [Face(boxes[k].astype(np.float32), float(scores[k]), kpss[k].astype(np.float32))

@@ -4,7 +4,7 @@ import threading
 import cv2
 import numpy as np
 
-from .face import Face
+from .face import MAX_NMS_CANDIDATES, Face
 
 NMS_IOU = 0.3
 
@@ -21,7 +21,8 @@ class YuNet:
     def __init__(self, path: str, det_size=(320, 320)):
         self.path = path
         self.input_size = tuple(det_size)
-        self.detector = cv2.FaceDetectorYN.create(path, "", self.input_size, 0.5, NMS_IOU, 5000)
+        self.detector = cv2.FaceDetectorYN.create(path, "", self.input_size, 0.5, NMS_IOU,
+                                                   MAX_NMS_CANDIDATES)  # top_k before NMS
         self._lock = threading.Lock()  # the detector object holds per-call state
         self.detect(np.zeros((64, 64, 3), np.uint8), 0.9)  # a wrong model fails here, at load
 
