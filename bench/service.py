@@ -33,6 +33,7 @@ class Reply:
     status: int
     body: dict
     seconds: float
+    retry_after: str | None = None  # the Retry-After header, where one came
 
     @property
     def ok(self) -> bool:
@@ -97,7 +98,8 @@ class Service:
                 if attempt == 2:
                     raise
         seconds = time.perf_counter() - started
-        return Reply(response.status, json.loads(data) if data else {}, seconds)
+        return Reply(response.status, json.loads(data) if data else {}, seconds,
+                     response.getheader("retry-after"))
 
     def close(self) -> None:
         for conn in self._connections:
