@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 50 * 1024 * 1024
 AUTH_ENV = "LOCALAI_GRPC_AUTH_TOKEN"
-# gRPC Python serves every call from one thread pool: face work may take all its threads but
-# these, so Health (and Status, LoadModel) is answered at once however busy the backend is and
-# a Health that times out means a hung process, not a busy one.
-RESERVED_WORKERS = 1
+# gRPC Python serves every call from one thread pool. Face work runs on at most `workers` of
+# its threads at once and the pool has POOL_PER_WORKER times as many, where calls past that
+# wait their turn: Health (and Status, LoadModel) finds a free thread at once however busy the
+# backend is, so a Health that times out means a hung process, not a busy one.
+POOL_PER_WORKER = 4
 
 
 def default_workers() -> int:
@@ -37,40 +38,22 @@ def default_workers() -> int:
 
 
 class FaceSlots:
-    """Calls doing face work at once, at most `size`; one more is refused at once (a caller
-    that sends more than a backend has workers for gets RESOURCE_EXHAUSTED, not a queue that
-    would hold every worker thread)."""
+    """Calls doing face work at once, at most `size`; more wait for one to end, up to their
+    deadline."""
 
     def __init__(self, size: int):
         self.size = size
         self._free = threading.BoundedSemaphore(size)
 
     @contextlib.contextmanager
-    def taken(self):
-        if not self._free.acquire(blocking=False):
-            raise Busy(f"the backend is busy with {self.size} calls, all it serves at once; "
-                       "retry shortly")
+    def taken(self, context):
+        if not self._free.acquire(timeout=context.time_remaining()):
+            raise Busy(f"the backend was busy with {self.size} calls, all it serves at once, "
+                       "for the whole deadline; retry shortly")
         try:
             yield
         finally:
             self._free.release()
-
-
-class TokenAuth(grpc.ServerInterceptor):
-    """Every call must carry `authorization: Bearer <token>` when a token is set."""
-
-    def __init__(self, token: str):
-        self._expected = f"Bearer {token}".encode()
-
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
-
-    def intercept_service(self, continuation, handler_call_details):
-        sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(sent.encode(), self._expected):
-            return continuation(handler_call_details)
-        return self._deny
 
 
 def still_wanted(context) -> None:
@@ -90,16 +73,17 @@ def face_rpc(method):
         code = grpc.StatusCode.OK
         log.debug("%s started", method.__name__)
         try:
-            still_wanted(context)  # it may have waited for a worker thread
-            engine = self.engine
-            if engine is None:
-                raise NotReady(f"{NO_MODEL_LOADED}: call LoadModel first")
-            identity = getattr(request, "ModelIdentity", "")
-            if identity and identity != engine.name:
-                raise NotFound(f"{IDENTITY_MISMATCH}: asked for {identity!r}, "
-                               f"loaded {engine.name!r}")
-            with self.face_slots.taken(), IN_FLIGHT:
-                return method(self, engine, request, context, started)
+            with self.face_slots.taken(context):
+                still_wanted(context)  # it may have waited for a turn
+                engine = self.engine
+                if engine is None:
+                    raise NotReady(f"{NO_MODEL_LOADED}: call LoadModel first")
+                identity = getattr(request, "ModelIdentity", "")
+                if identity and identity != engine.name:
+                    raise NotFound(f"{IDENTITY_MISMATCH}: asked for {identity!r}, "
+                                   f"loaded {engine.name!r}")
+                with IN_FLIGHT:
+                    return method(self, engine, request, context, started)
         except FaceError as exc:
             code = exc.grpc_code
             context.abort(code, str(exc))
@@ -121,7 +105,7 @@ def _area(face) -> pb.FacialArea:
 class BackendServicer(pb_grpc.BackendServicer):
     def __init__(self, face_slots: FaceSlots | None = None):
         self.engine: FaceEngine | None = None
-        self.face_slots = face_slots or FaceSlots(default_workers() - RESERVED_WORKERS)
+        self.face_slots = face_slots or FaceSlots(default_workers())
         self._load_lock = threading.Lock()
 
     def Health(self, request, context):
@@ -210,13 +194,13 @@ class BackendServicer(pb_grpc.BackendServicer):
 
 def make_server(addr: str, workers: int | None = None) -> grpc.Server:
     token = os.environ.get(AUTH_ENV, "")
-    workers = max(workers or default_workers(), RESERVED_WORKERS + 1)
+    workers = workers or default_workers()
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers),
+        futures.ThreadPoolExecutor(max_workers=POOL_PER_WORKER * workers),
         interceptors=[TokenAuth(token)] if token else [],
         options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-    backend = BackendServicer(FaceSlots(workers - RESERVED_WORKERS))
+    backend = BackendServicer(FaceSlots(workers))
     pb_grpc.add_BackendServicer_to_server(backend, server)
     from .extras import FaceExtrasServicer  # it builds on this module's servicer
     xpb_grpc.add_FaceExtrasServicer_to_server(FaceExtrasServicer(backend), server)

@@ -48,6 +48,9 @@ class _Context:
     def is_active(self) -> bool:
         return True
 
+    def time_remaining(self) -> None:  # no deadline
+        return None
+
 
 class Pipeline:
     def __init__(self, threads: int = 0):

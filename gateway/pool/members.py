@@ -44,12 +44,11 @@ METHODS = {method.name: (f"/{service.full_name}/{method.name}",
                                    (xpb, xpb.DESCRIPTOR.services_by_name["FaceExtras"]))
            for method in service.methods}
 HEALTH_TIMEOUT_S = 3.0
-# Worker threads of a backend the gateway starts (--workers). A backend keeps one of them for
-# Health and refuses face work past the rest (backend/server.py), so a member is sent at most
-# FACE_SLOTS calls at once and more wait here, in the gateway, for one to end. A backend started
+# Face work threads of a backend the gateway starts (--workers): a member is sent at most that
+# many calls at once and more wait here, in the gateway, for one to end. (The backend would
+# queue them too, on threads kept apart from its Health: backend/server.py.) A backend started
 # by someone else is assumed to run its default, the same number.
 BACKEND_WORKERS = max(4, 2 * (os.cpu_count() or 1))
-FACE_SLOTS = BACKEND_WORKERS - 1
 STOP_GRACE_S = 10.0
 CLOSE_GRACE_S = 5.0
 
@@ -91,7 +90,7 @@ class Member:
     wanted: bool = False  # a call or the preload asked for it: the watcher keeps it up from then
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     slots: asyncio.Semaphore = dataclasses.field(
-        default_factory=lambda: asyncio.Semaphore(FACE_SLOTS))
+        default_factory=lambda: asyncio.Semaphore(BACKEND_WORKERS))
 
     @property
     def managed(self) -> bool:
