@@ -56,6 +56,23 @@ class FaceSlots:
             self._free.release()
 
 
+class TokenAuth(grpc.ServerInterceptor):
+    """Every call must carry `authorization: Bearer <token>` when a token is set."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, handler_call_details):
+        sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(sent.encode(), self._expected):
+            return continuation(handler_call_details)
+        return self._deny
+
+
 def still_wanted(context) -> None:
     """A checkpoint between costly steps: a call its caller cancelled stops here."""
     if not context.is_active():
