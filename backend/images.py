@@ -81,7 +81,8 @@ def decode_bytes(data: bytes, field: str = "image") -> np.ndarray:
         raise InvalidInput(f"{field} decoded to {w}x{h} pixels but its {kind} header "
                            f"declares {width}x{height}")
     if min(h, w) < MIN_IMAGE_SIDE:
-        raise InvalidInput(f"{field} is {w}x{h} pixels; each side must be at least {MIN_IMAGE_SIDE}")
+        raise InvalidInput(f"{field} is {w}x{h} pixels; each side must be at least "
+                           f"{MIN_IMAGE_SIDE}")
     return img
 
 
