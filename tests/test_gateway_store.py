@@ -332,14 +332,15 @@ def test_person_ids_and_filters_holding_nul_match_nothing(store):
 def test_templates_of_another_recognizer_are_rebuilt_in_place(reopen):
     store = reopen()
     old, new = "sha256:old", "sha256:new"
-    kept = [Record.new("ann", {}, "m", unit(1, i, 0), "a", old, crop=b"png %d" % i)
-            for i in range(3)]
+    kept = [Record.new("ann", {}, "m", unit(1, i, 0), f"a{i}" if i else "a", old,
+                       crop=b"png %d" % i) for i in range(3)]
     bare = Record.new("bob", {}, "m", unit(0, 1, 0), "b", old)  # registered without a crop
     unchecked = Record.new("cy", {}, "m", unit(0, 0, 1), "c", "")  # before fingerprints
     other_model = Record.new("di", {}, "n", unit(1, 0, 0), "d", old, crop=b"png")
-    store.add_set(kept, existing=False)
-    for record in (bare, unchecked, other_model):
-        store.add(record)
+    store.add_set(kept[:1], existing=False)
+    for record in (*kept[1:], bare, unchecked, other_model):
+        store.add(record)  # each its own person: merged below, the crops go along
+    assert store.merge_persons("a", [r.person_id for r in kept[1:]]).face_count == 3
 
     stale = store.stale_faces("m", new, limit=2)  # in storage order: of one add, any two
     assert len(stale) == 2 and {(f.id, f.recognizer, f.dimension, f.crop) for f in stale} < \
@@ -356,6 +357,7 @@ def test_templates_of_another_recognizer_are_rebuilt_in_place(reopen):
     assert last.id not in {f.id for f in stale}
     assert store.delete(last.id)  # forgotten between reading and writing: left alone
     assert store.replace_embeddings("m", [(last, unit(1, 1, 1))], new) == 0
+    assert store.stale_counts("m", new) == (0, [bare.id])  # its crop went with it
 
     def nearest(handle):
         return [(r.id, round(d, 5)) for r, d in handle.search("m", [0, 0, 1], top_k=3)]
