@@ -1,8 +1,8 @@
 """`face-gateway reembed [--model M] [--store S]`: rebuilds, through a running gateway, the
 templates of the faces that another recognizer made, from the crops kept with --keep-crops.
 
-After the recognizer behind a model changed, identify and register answer 409 until no face
-of the model holds a template of the old one. This calls the gateway's POST /v1/face/reembed
+After the recognizer behind a model changed, register answers 409 while a face of the model
+holds a template of the old one (and identify, when such a face ranks among its top_k). This calls the gateway's POST /v1/face/reembed
 batch after batch (each face's new embedding and fingerprint are written together) and shows
 the progress; it ends listing the faces that kept no crop, which must be registered again
 (forget them first). It runs in the gateway, not on the store's file: a local store admits one

@@ -17,7 +17,7 @@ import pytest
 from face_contract.rpc import face_extras_pb2 as xpb
 from face_contract.rpc import face_extras_pb2_grpc as xpb_grpc
 from gateway_support import gateway_process, write_config
-from standins import build_rotated_recognizer
+from standins import build_arcface512_standin, build_rotated_recognizer
 from support import (FACES, MODELS, REAL_PACK_OPTIONS, ROOT, backend_process, image_b64,
                      load_model, needs_shared, read_labels, stub_for)
 
@@ -137,3 +137,24 @@ def test_an_old_template_against_a_new_query_would_mean_nothing(tmp_path):
             vectors.append(np.asarray(face.embedding))
             channel.close()
     assert 1 - float(vectors[0] @ vectors[1]) > 0.5, name  # same photo, no longer a match
+
+
+def test_a_recognizer_of_another_size_is_refused_and_changes_nothing(tmp_path):
+    real, swapped, data = tmp_path / "real", tmp_path / "swapped", tmp_path / "data"
+    write_config(real, MODEL)
+    wider = build_arcface512_standin(tmp_path / "wider.onnx")
+    write_config(swapped, MODEL, [o if not o.startswith("recognizer_onnx:")
+                                  else f"recognizer_onnx:{wider}" for o in REAL_PACK_OPTIONS])
+    name, first, _ = labelled_pairs()[0]
+    args = ["--default-model", MODEL, "--keep-crops"]
+    with gateway_process(real, data, *args) as (_, url), \
+            httpx.Client(base_url=url, timeout=120) as client:
+        ok(client.post("/v1/face/register", json={"img": first, "name": name}))
+    with gateway_process(swapped, data, *args) as (_, url), \
+            httpx.Client(base_url=url, timeout=120) as client:
+        answer = client.post("/v1/face/reembed", json={})
+        assert answer.status_code == 412, answer.text
+        assert "512-d" in answer.text and "new model name" in answer.text
+        # Nothing was written: the face is still of the old recognizer, refused again.
+        assert client.post("/v1/face/reembed", json={}).status_code == 412
+        assert ok(client.get("/v1/face/registry"))["total"] == 1
