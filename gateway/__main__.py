@@ -2,7 +2,8 @@
 
 Every option has an environment variable (FACE_*); a command-line option wins.
 `face-gateway enroll DIR --model M ...` registers a folder of photos through a
-running gateway instead (`face-gateway enroll --help`).
+running gateway instead (`face-gateway enroll --help`); `face-gateway reembed` rebuilds,
+through a running gateway, the templates another recognizer made (`--help`).
 """
 import argparse
 import ctypes
@@ -74,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="give a local store's model an approximate index (usearch HNSW, "
                         "re-ranked exactly) from this many records on; default off; "
                         "env FACE_ANN_THRESHOLD")
+    p.add_argument("--keep-crops", action="store_true", default=_env_flag("FACE_KEEP_CROPS"),
+                   help="register keeps each face's aligned 112x112 crop (PNG, in every "
+                        "store) so that `face-gateway reembed` can rebuild the templates after "
+                        "the recognizer changes; env FACE_KEEP_CROPS=1")
     p.add_argument("--allow-private-urls", action="store_true",
                    default=_env_flag("FACE_ALLOW_PRIVATE_URLS"),
                    help="let image URLs reach loopback, private and link-local addresses; "
@@ -136,6 +141,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         backends_per_model=args.backends_per_model, backend_threads=args.backend_threads,
         stores=tuple(args.stores or _env_stores() or ["local-store"]),
         default_store=args.default_store, ann_threshold=args.ann_threshold,
+        keep_crops=args.keep_crops,
         allow_private_urls=args.allow_private_urls, max_body_bytes=args.max_body_bytes,
         max_url_bytes=args.max_url_bytes, url_timeout_s=args.url_timeout,
         max_concurrency=args.max_concurrency, max_inflight_bytes=args.max_inflight_bytes,
@@ -181,6 +187,9 @@ def main(argv=None) -> None:
     if argv[:1] == ["enroll"]:
         from .enroll import main as enroll  # a client: none of the server's start-up
         return enroll(argv[1:])
+    if argv[:1] == ["reembed"]:
+        from .reembed import main as reembed  # a client of a running gateway, as enroll
+        return reembed(argv[1:])
     args = parse_args(argv)
     return_large_buffers_to_the_os()
     logging.basicConfig(level=args.log_level.upper(),

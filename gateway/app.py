@@ -33,7 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
     gw = Gateway(backends=backends, stores=stores,
                  fetcher=UrlFetcher(settings.allow_private_urls, settings.max_url_bytes,
                                     settings.url_timeout_s),
-                 metrics=Metrics(stores, backends))
+                 metrics=Metrics(stores, backends), keep_crops=settings.keep_crops)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):

@@ -67,13 +67,18 @@ def parse_args(argv) -> argparse.Namespace:
         p.error(f"{args.dir} is not a folder")
     if args.concurrency < 1:
         p.error("--concurrency must be at least 1")
-    args.api_key = os.environ.get("FACE_API_KEY")
-    if args.api_key_file is not None:
-        try:
-            args.api_key = args.api_key_file.read_text().partition("\n")[0].strip()
-        except OSError as exc:
-            p.error(f"cannot read --api-key-file: {exc}")
+    args.api_key = api_key(p, args.api_key_file)
     return args
+
+
+def api_key(parser: argparse.ArgumentParser, key_file: pathlib.Path | None) -> str | None:
+    """The first line of --api-key-file, else env FACE_API_KEY (never the command line)."""
+    if key_file is None:
+        return os.environ.get("FACE_API_KEY")
+    try:
+        return key_file.read_text().partition("\n")[0].strip()
+    except OSError as exc:
+        parser.error(f"cannot read --api-key-file: {exc}")
 
 
 def shown(name: str) -> str:

@@ -399,3 +399,28 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+MAX_REEMBED_BATCH = 1000  # crops per EmbedAligned call (the backend's limit)
+
+
+class ReembedRequest(BaseModel):
+    model_config = example(limit=64)
+
+    model: str | None = ModelField
+    store: str | None = StoreField
+    limit: int = Field(64, ge=1, le=MAX_REEMBED_BATCH,
+                       description="faces re-embedded by this call (one backend call); call "
+                                   "again while `remaining` is above 0")
+
+
+class ReembedResponse(BaseModel):
+    model: str
+    store: str
+    recognizer: str = Field(description="fingerprint of the recognizer the model loads now")
+    reembedded: int = Field(description="faces whose template this call rebuilt from its crop")
+    remaining: int = Field(description="faces made by another recognizer that still have a "
+                                       "crop: call again")
+    without_crop: int = Field(description="faces made by another recognizer without a kept "
+                                          "crop: register them again (forget them first)")
+    without_crop_ids: list[str] = Field(description=f"their ids, the first {MAX_LIST_LIMIT}")

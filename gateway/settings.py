@@ -31,6 +31,9 @@ class Settings:
     default_store: str | None = None  # None: local-store if configured, else the first
     # Local stores add an approximate index for models with at least this many records.
     ann_threshold: int | None = None
+    # Register keeps each face's aligned crop (PNG) with it, so that `face-gateway reembed`
+    # can rebuild the templates when the recognizer behind a model changes.
+    keep_crops: bool = False
     allow_private_urls: bool = False
     # 48 MiB keeps a two-image verify body under the 50 MB gRPC message limit.
     max_body_bytes: int = 48 * 1024 * 1024

@@ -40,3 +40,21 @@ def build_sface_standin(path) -> str:
 def build_arcface512_standin(path) -> str:
     """w600k_r50 / w600k_mbf's signature: input.1[N, 3, 112, 112] -> 683[N, 512]."""
     return build_recognizer_standin(path, 512, "input.1", "683", batch="N", seed=2)
+
+
+def build_rotated_recognizer(source, path, seed: int = 0) -> str:
+    """A real recognizer followed by a fixed random rotation of its embedding space: as accurate
+    as `source` (a rotation keeps every cosine distance), yet its embeddings are not comparable
+    with `source`'s, as another recognizer's are not."""
+    model = onnx.load(str(source))
+    graph = model.graph
+    [output] = graph.output
+    dim = output.type.tensor_type.shape.dim[-1].dim_value
+    rotation, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, dim)))
+    for node in graph.node:  # the network now ends in a tensor the rotation reads
+        node.output[:] = ["unrotated" if name == output.name else name for name in node.output]
+    graph.initializer.append(numpy_helper.from_array(rotation.astype(np.float32), "rotation"))
+    graph.node.append(helper.make_node("MatMul", ["unrotated", "rotation"], [output.name]))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)

@@ -24,9 +24,10 @@ GARBAGE = {"img": "bm90IGFuIGltYWdl", "img1": "bm90IGFuIGltYWdl", "img2": "bm90I
            "image": "bm90IGFuIGltYWdl", "name": "x", "id": "no-such-id"}
 POSTS = {"/v1/face/verify": ("img1", "img2"), "/v1/face/analyze": ("img",),
          "/v1/face/embed": ("img",), "/v1/detection": ("image",), "/v1/face/identify": ("img",),
-         "/v1/face/register": ("img", "name"), "/v1/face/forget": ("id",)}
+         "/v1/face/register": ("img", "name"), "/v1/face/forget": ("id",),
+         "/v1/face/reembed": ()}
 READ_GETS = ("/v1/face/registry", "/v1/models")
-WRITES = ("/v1/face/register", "/v1/face/forget")
+WRITES = ("/v1/face/register", "/v1/face/forget", "/v1/face/reembed")
 
 
 @pytest.fixture(scope="module")

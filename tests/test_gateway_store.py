@@ -270,6 +270,8 @@ def test_a_forgotten_person_leaves_no_row_and_no_vector(kind, store, tmp_path):
     marker = np.asarray([0.123456789, -0.987654321, 0.5, 0.25] * 8, dtype=np.float32)
     kept = faces_of("k", unit(*range(1, 33)), name="kept")
     gone = faces_of("g", marker, marker + 0.01, name="gone")
+    for i, face in enumerate(kept + gone):  # kept crops (--keep-crops) go with their faces too
+        face.crop = f"crop of {face.person_id}{i}".encode() * 50
     store.add_set(kept, existing=False)
     store.add_set(gone, existing=False)
     assert store.delete_person("g")
@@ -283,13 +285,16 @@ def test_a_forgotten_person_leaves_no_row_and_no_vector(kind, store, tmp_path):
         held = b"".join(f.read_bytes() for f in files if f.exists())
         for face in gone:  # not even in freed pages or the write-ahead log
             assert face.embedding.astype("<f4").tobytes() not in held
-        assert kept[0].embedding.astype("<f4").tobytes() in held
+            assert face.crop[:40] not in held
+        assert kept[0].embedding.astype("<f4").tobytes() in held and kept[0].crop in held
     else:
         with psycopg.connect(store._dsn, autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM face_records WHERE person_id = 'g'"
                                 ).fetchone() == (0,)
             assert conn.execute("SELECT count(*) FROM face_persons WHERE person_id = 'g'"
                                 ).fetchone() == (0,)
+            crops = [bytes(c) for c, in conn.execute("SELECT crop FROM face_records")]
+            assert crops == [kept[0].crop]
             conn.execute("SET enable_seqscan = off")  # what the model's HNSW index answers
             near = conn.execute(
                 "SELECT person_id FROM face_records WHERE model = 'm' ORDER BY"
@@ -322,3 +327,41 @@ def test_person_ids_and_filters_holding_nul_match_nothing(store):
     assert store.list_persons(PersonFilters(name_prefix="\x00"), 10, 0) == []
     assert store.count_persons(PersonFilters(model="m\x00")) == 0
     assert store.count_persons() == 1
+
+
+def test_templates_of_another_recognizer_are_rebuilt_in_place(reopen):
+    store = reopen()
+    old, new = "sha256:old", "sha256:new"
+    kept = [Record.new("ann", {}, "m", unit(1, i, 0), f"a{i}" if i else "a", old,
+                       crop=b"png %d" % i) for i in range(3)]
+    bare = Record.new("bob", {}, "m", unit(0, 1, 0), "b", old)  # registered without a crop
+    unchecked = Record.new("cy", {}, "m", unit(0, 0, 1), "c", "")  # before fingerprints
+    other_model = Record.new("di", {}, "n", unit(1, 0, 0), "d", old, crop=b"png")
+    store.add_set(kept[:1], existing=False)
+    for record in (*kept[1:], bare, unchecked, other_model):
+        store.add(record)  # each its own person: merged below, the crops go along
+    assert store.merge_persons("a", [r.person_id for r in kept[1:]]).face_count == 3
+
+    stale = store.stale_faces("m", new, limit=2)  # in storage order: of one add, any two
+    assert len(stale) == 2 and {(f.id, f.recognizer, f.dimension, f.crop) for f in stale} < \
+        {(r.id, old, 3, r.crop) for r in kept}
+    assert store.stale_counts("m", new) == (3, [bare.id])
+    assert store.stale_faces("m", old, limit=10) == [] and store.stale_counts("m", old) == (0, [])
+
+    rebuilt = [unit(0, 0.1 * i, 1) for i in range(2)]
+    assert store.replace_embeddings("m", list(zip(stale, rebuilt)), new) == 2
+    assert store.replace_embeddings("m", list(zip(stale, rebuilt)), new) == 0  # done already
+    assert store.recognizers("m") == {old: 2, new: 2, "": 1}
+    assert store.stale_counts("m", new) == (1, [bare.id])
+    [last] = store.stale_faces("m", new, limit=5)
+    assert last.id not in {f.id for f in stale}
+    assert store.delete(last.id)  # forgotten between reading and writing: left alone
+    assert store.replace_embeddings("m", [(last, unit(1, 1, 1))], new) == 0
+    assert store.stale_counts("m", new) == (0, [bare.id])  # its crop went with it
+
+    def nearest(handle):
+        return [(r.id, round(d, 5)) for r, d in handle.search("m", [0, 0, 1], top_k=3)]
+    found = nearest(store)
+    assert sorted(found[:2]) == sorted([(unchecked.id, 0.0), (stale[0].id, 0.0)])
+    assert found[2] == (stale[1].id, round(1 - 1 / np.sqrt(1.01), 5))
+    assert nearest(reopen()) == found  # committed, not only in memory

@@ -34,7 +34,7 @@ SINGLE_HEADERS = (b"host", b"x-api-key", b"authorization")
 # Printable ASCII without spaces, ',' (separates FACE_API_KEYS) or '#' (starts a comment).
 _KEY = re.compile(r"^[!-\"$-+\--~]+$")
 
-WRITE_PATHS = frozenset({"/v1/face/register", "/v1/face/forget"})
+WRITE_PATHS = frozenset({"/v1/face/register", "/v1/face/forget", "/v1/face/reembed"})
 PEOPLE_PREFIX = "/v1/face/people/"  # GET reads a person; every other method changes people
 
 

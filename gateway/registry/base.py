@@ -25,17 +25,20 @@ class Record:
     embedding: np.ndarray | None = None  # float32, L2-normalised; None in listings
     person_id: str = ""  # the person this face belongs to (a UUID)
     recognizer: str = ""  # fingerprint of the recognizer that made the embedding; "": before
+    crop: bytes | None = None  # the aligned face (PNG) with --keep-crops; None: not kept
 
     @classmethod
     def new(cls, name: str, labels: dict[str, str], model: str, embedding,
-            person_id: str | None = None, recognizer: str = "") -> "Record":
+            person_id: str | None = None, recognizer: str = "",
+            crop: bytes | None = None) -> "Record":
         vec = np.asarray(embedding, dtype=np.float32).ravel()
         norm = float(np.linalg.norm(vec))
         if vec.size == 0 or not np.isfinite(norm) or norm == 0.0:
             raise FaceError("the backend returned an empty or zero embedding")  # a 500
         return cls(id=str(uuid.uuid4()), name=name, labels=dict(labels), model=model,
                    dimension=int(vec.size), registered_at=utc_now(), embedding=vec / norm,
-                   person_id=person_id or str(uuid.uuid4()), recognizer=recognizer)
+                   person_id=person_id or str(uuid.uuid4()), recognizer=recognizer,
+                   crop=crop)
 
 
 @dataclasses.dataclass
@@ -48,6 +51,15 @@ class Person:
     created_at: str
     face_count: int
     faces: list[Record] | None = None  # get_person only, oldest first, without embeddings
+
+
+@dataclasses.dataclass(frozen=True)
+class Stale:
+    """A face whose template another recognizer made, with the crop to rebuild it from."""
+    id: str
+    recognizer: str
+    dimension: int
+    crop: bytes
 
 
 def utc_now() -> str:
@@ -231,6 +243,23 @@ class VectorStore(abc.ABC):
     @abc.abstractmethod
     def recognizers(self, model: str) -> dict[str, int]:
         """Faces of `model` per recognizer fingerprint."""
+
+    @abc.abstractmethod
+    def stale_faces(self, model: str, recognizer: str, limit: int) -> list[Stale]:
+        """Up to `limit` faces of `model` that another recognizer made (fingerprint neither
+        `recognizer` nor ""), and that kept their crop, in storage order."""
+
+    @abc.abstractmethod
+    def stale_counts(self, model: str, recognizer: str) -> tuple[int, list[str]]:
+        """Of `model`'s faces that another recognizer made: how many kept their crop, and the
+        ids of those that did not (they need registering again)."""
+
+    @abc.abstractmethod
+    def replace_embeddings(self, model: str, faces: list[tuple[Stale, np.ndarray]],
+                           recognizer: str) -> int:
+        """Each stale face's new embedding (unit float32 of the face's dimension) and
+        `recognizer`'s fingerprint, written together in one transaction; a face forgotten or
+        re-embedded since it was read is left alone. Answers how many were written."""
 
     @abc.abstractmethod
     def get(self, record_id: str) -> Record | None: ...

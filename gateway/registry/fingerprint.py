@@ -55,5 +55,6 @@ def check(found, current: str, model: str) -> None:
             f"the registry of model '{model}' holds faces made by another recognizer "
             f"({other[0][:23]}...) than the one the model loads now ({current[:23]}...): "
             "distances between the two would mean nothing. Put the old recognizer back under "
-            "this model name (or install the new one under a new name), or forget those "
+            "this model name (or install the new one under a new name), run `face-gateway "
+            "reembed` where the faces kept their crops (--keep-crops), or forget those "
             "people and register them again")

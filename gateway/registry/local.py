@@ -20,7 +20,7 @@ import numpy as np
 from face_contract.errors import NotFound, NotReady, Unavailable
 
 from .ann import AnnIndex
-from .base import (Filters, Person, PersonFilters, Record, VectorStore, check_merge,
+from .base import (Filters, Person, PersonFilters, Record, Stale, VectorStore, check_merge,
                    check_person, grouped, labels_json, merged_labels, one_person, person_prefix,
                    ranked, read_labels, readable, unit_query, where)
 from .exact import ExactIndex
@@ -56,6 +56,8 @@ SCHEMA_3_PERSONS = [  # -- persons (issue 17): every old record becomes a person
 SCHEMA_3 = [*SCHEMA_3_PERSONS]
 LOAD_BATCH = 65536
 FIELDS = "id, name, labels, model, dimension, registered_at, person_id, recognizer"
+# Faces of a model (?) that another recognizer (?) made; "": made before fingerprints, unchecked.
+STALE = "model = ? AND recognizer NOT IN ('', ?)"
 PERSON_FIELDS = ("person_id, model, name, labels, created_at,"
                  " (SELECT COUNT(*) FROM records r WHERE r.person_id = p.person_id)")
 
@@ -286,9 +288,10 @@ class LocalStore(VectorStore):
                     record.name = person[2]
             return [self._db.execute(
                 "INSERT INTO records (id, name, labels, model, dimension, embedding,"
-                " registered_at, person_id, recognizer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " registered_at, person_id, recognizer, crop)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (r.id, r.name, label, r.model, r.dimension, v.astype("<f4").tobytes(),
-                 r.registered_at, r.person_id, r.recognizer)).lastrowid
+                 r.registered_at, r.person_id, r.recognizer, r.crop)).lastrowid
                 for r, label, v in zip(records, labels, vectors)]
 
         with self._lock:
@@ -456,6 +459,50 @@ class LocalStore(VectorStore):
             return dict(self._db.execute(
                 "SELECT recognizer, COUNT(*) FROM records WHERE model = ? GROUP BY recognizer",
                 (model,)).fetchall())
+
+    # -- templates of another recognizer (reembed) -----------------------------------------
+
+    def stale_faces(self, model: str, recognizer: str, limit: int) -> list[Stale]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id, recognizer, dimension, crop FROM records WHERE {STALE}"
+                " AND crop IS NOT NULL ORDER BY seq LIMIT ?",
+                (model, recognizer, limit)).fetchall()
+        return [Stale(*row) for row in rows]
+
+    def stale_counts(self, model: str, recognizer: str) -> tuple[int, list[str]]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT id, crop IS NOT NULL FROM records WHERE {STALE}"
+                                    " ORDER BY seq", (model, recognizer)).fetchall()
+        return sum(kept for _, kept in rows), [face_id for face_id, kept in rows if not kept]
+
+    def replace_embeddings(self, model: str, faces: list[tuple[Stale, np.ndarray]],
+                           recognizer: str) -> int:
+        def work():
+            written = []
+            for face, vector in faces:
+                row = self._db.execute(
+                    "UPDATE records SET embedding = ?, recognizer = ? WHERE id = ? AND"
+                    " model = ? AND recognizer = ? AND dimension = ? RETURNING seq",
+                    (vector.astype("<f4").tobytes(), recognizer, face.id, model,
+                     face.recognizer, vector.size)).fetchone()
+                if row is not None:
+                    written.append((row[0], vector))
+            return written
+
+        with self._lock:
+            written = self._write(work)
+            state = self._models.get(model)
+            for seq, vector in written:  # the in-memory rows follow the committed ones
+                row = state.exact.row_of(seq)
+                if row is not None:
+                    state.exact.matrix[row] = vector
+                if state.ann is not None:
+                    state.ann.remove(seq)
+                    state.ann.add(seq, vector)
+            if written:  # the old templates leave the write-ahead log too
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return len(written)
 
     def search(self, model: str, vector, top_k: int) -> list[tuple[Record, float]]:
         query = unit_query(vector)

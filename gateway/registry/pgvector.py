@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from face_contract.errors import InvalidInput, NotFound, NotReady, Unavailable
 
-from .base import (Filters, Person, PersonFilters, Record, VectorStore, check_merge,
+from .base import (Filters, Person, PersonFilters, Record, Stale, VectorStore, check_merge,
                    check_person, grouped, labels_json, merged_labels, one_person, person_prefix,
                    ranked, read_labels, readable, unit_query, unknown_person, where)
 
@@ -69,6 +69,8 @@ MAX_EF_SEARCH = 1000
 POOL_TIMEOUT_S = 3.0  # how long a call waits for a connection before its 503
 ORDER = 'ORDER BY registered_at COLLATE "C", id COLLATE "C"'
 FIELDS = "id, name, labels::text, model, dimension, registered_at, person_id, recognizer"
+# Faces of a model that another recognizer made; "": made before fingerprints, unchecked.
+STALE = "model = %s AND recognizer NOT IN ('', %s)"
 PERSON_FIELDS = ("person_id, model, name, labels::text, created_at,"
                  " (SELECT count(*) FROM face_records r WHERE r.person_id = p.person_id)")
 
@@ -256,11 +258,12 @@ class PgVectorStore(VectorStore):
                     record.name = person[2] if person is not None else record.name
                     conn.execute(
                         "INSERT INTO face_records (id, name, labels, model, dimension, embedding,"
-                        " registered_at, person_id, recognizer)"
-                        " VALUES (%s, %s, %s::jsonb, %s, %s, %s::vector, %s, %s, %s)",
+                        " registered_at, person_id, recognizer, crop)"
+                        " VALUES (%s, %s, %s::jsonb, %s, %s, %s::vector, %s, %s, %s, %s)",
                         (record.id, record.name, label, model, record.dimension,
                          _literal(np.asarray(record.embedding, dtype=np.float32).ravel()),
-                         record.registered_at, record.person_id, record.recognizer))
+                         record.registered_at, record.person_id, record.recognizer,
+                         record.crop))
         self._run(work)
 
     def get(self, record_id: str) -> Record | None:
@@ -419,6 +422,36 @@ class PgVectorStore(VectorStore):
         return dict(self._run(lambda conn: conn.execute(
             "SELECT recognizer, count(*) FROM face_records WHERE model = %s GROUP BY recognizer",
             (model,)).fetchall()))
+
+    # -- templates of another recognizer (reembed) -----------------------------------------
+
+    def stale_faces(self, model: str, recognizer: str, limit: int) -> list[Stale]:
+        if _has_nul(model, recognizer):
+            return []
+        rows = self._run(lambda conn: conn.execute(
+            f"SELECT id, recognizer, dimension, crop FROM face_records WHERE {STALE}"
+            f" AND crop IS NOT NULL {ORDER} LIMIT %s", (model, recognizer, limit)).fetchall())
+        return [Stale(face_id, old, dimension, bytes(crop))
+                for face_id, old, dimension, crop in rows]
+
+    def stale_counts(self, model: str, recognizer: str) -> tuple[int, list[str]]:
+        if _has_nul(model, recognizer):
+            return 0, []
+        rows = self._run(lambda conn: conn.execute(
+            f"SELECT id, crop IS NOT NULL FROM face_records WHERE {STALE} {ORDER}",
+            (model, recognizer)).fetchall())
+        return sum(kept for _, kept in rows), [face_id for face_id, kept in rows if not kept]
+
+    def replace_embeddings(self, model: str, faces: list[tuple[Stale, np.ndarray]],
+                           recognizer: str) -> int:
+        def work(conn):
+            with conn.transaction():
+                return sum(conn.execute(
+                    "UPDATE face_records SET embedding = %s::vector, recognizer = %s"
+                    " WHERE id = %s AND model = %s AND recognizer = %s AND dimension = %s",
+                    (_literal(vector), recognizer, face.id, model, face.recognizer,
+                     vector.size)).rowcount for face, vector in faces)
+        return self._run(work) if faces else 0
 
     def search(self, model: str, vector, top_k: int) -> list[tuple[Record, float]]:
         query = unit_query(vector)

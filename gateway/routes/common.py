@@ -5,8 +5,9 @@ import re
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 
-from face_contract.errors import InvalidInput
+from face_contract.errors import InvalidInput, NoFace
 from face_contract.rpc import backend_pb2 as pb
+from face_contract.rpc import face_extras_pb2 as xpb
 
 from .. import schemas as s
 from ..fetch import UrlFetcher
@@ -24,6 +25,7 @@ class Gateway:
     stores: Stores
     fetcher: UrlFetcher
     metrics: Metrics
+    keep_crops: bool = False  # register stores each face's aligned crop (--keep-crops)
 
     async def call(self, model: str, method: str, request, large: dict | None = None,
                    **renamed: str):
@@ -43,6 +45,18 @@ class Gateway:
         result = await self.call(model, "Embedding", pb.PredictOptions(),
                                  large={"Images": [image]}, **{"Images[0]": field})
         return list(result.embeddings)
+
+    async def embedding_and_crop(self, model: str, img: str,
+                                 field: str = "img") -> tuple[list[float], bytes]:
+        """The primary face's embedding and its aligned crop (PNG), from one detection: the
+        crop embeds as the photo does (FaceExtras' EmbedAligned)."""
+        image = await image_b64(img, field, self.fetcher)
+        reply = await self.call(model, "Faces", xpb.FacesRequest(embeddings=True,
+                                                                 aligned_crops=True),
+                                large={"src": image}, src=field)
+        if not reply.faces:
+            raise NoFace(f"no face found in {field}")
+        return list(reply.faces[0].embedding), reply.faces[0].aligned_crop
 
 
 async def gateway(request: Request) -> Gateway:

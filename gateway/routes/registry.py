@@ -19,14 +19,14 @@ from .common import Gateway, _f, api, face, gateway
 async def register(body: s.RegisterRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     store = require(gw.stores, body.store)
-    photos = body.photos()
-    vectors = await asyncio.gather(*(gw.embedding(model, img, field) for field, img in photos))
+    vectors, crops = await _embedded(gw, model, body.photos())
     if body.template:  # Record.new normalises the mean of the unit vectors again
-        vectors = [np.mean(np.asarray(vectors, dtype=np.float32), axis=0)]
+        # No one crop rebuilds a mean of several photos: a template keeps none.
+        vectors, crops = [np.mean(np.asarray(vectors, dtype=np.float32), axis=0)], [None]
     person_id = body.person_id or str(uuid.uuid4())  # every photo of a request: one person
     recognizer = await asyncio.to_thread(fingerprint.fingerprint, gw.backends.config(model))
-    records = [Record.new(body.name or "", body.labels or {}, model, v, person_id, recognizer)
-               for v in vectors]
+    records = [Record.new(body.name or "", body.labels or {}, model, v, person_id, recognizer,
+                          crop) for v, crop in zip(vectors, crops)]
     fingerprint.check(await asyncio.to_thread(store.recognizers, model), recognizer, model)
     # One transaction: a set is stored whole or not at all. With person_id the faces take
     # the person's name.
@@ -35,6 +35,17 @@ async def register(body: s.RegisterRequest, gw: Gateway = Depends(gateway)):
     return s.RegisterResponse(id=first.id, name=first.name, registered_at=first.registered_at,
                               person_id=person_id,
                               ids=[r.id for r in records] if body.imgs is not None else None)
+
+
+async def _embedded(gw: Gateway, model: str, photos) -> tuple[list, list]:
+    """Each photo's embedding, and its aligned crop with --keep-crops (else None)."""
+    if not gw.keep_crops:
+        vectors = await asyncio.gather(*(gw.embedding(model, img, field)
+                                         for field, img in photos))
+        return vectors, [None] * len(vectors)
+    kept = await asyncio.gather(*(gw.embedding_and_crop(model, img, field)
+                                  for field, img in photos))
+    return [vector for vector, _ in kept], [crop for _, crop in kept]
 
 
 @api.post("/v1/face/identify", response_model=s.IdentifyResponse,
