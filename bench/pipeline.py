@@ -10,6 +10,8 @@ import tempfile
 import numpy as np
 
 from face_contract.rpc import backend_pb2 as pb
+from face_contract.rpc import face_extras_pb2 as xpb
+from backend.extras import FaceExtrasServicer
 from backend.server import BackendServicer
 from gateway.registry import LocalStore, Record
 
@@ -70,6 +72,11 @@ class Pipeline:
     def embed(self, img: str) -> np.ndarray:
         reply = self._servicer.Embedding(pb.PredictOptions(Images=[img]), _Context())
         return np.asarray(reply.embeddings, np.float32)
+
+    def faces(self, img: str) -> list[xpb.Face]:
+        """Every face of the photo with its embedding, largest first (FaceExtras' Faces)."""
+        return list(FaceExtrasServicer(self._servicer).Faces(xpb.FacesRequest(
+            src=img, all_faces=True, embeddings=True), _Context()).faces)
 
     def register(self, img: str, name: str) -> None:
         self._store.add(Record.new(name, {}, PACK_NAME, self.embed(img)))

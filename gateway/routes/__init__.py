@@ -1,5 +1,5 @@
 """The HTTP routes, one module per concern, all on one router (`api`)."""
-from . import face, people, registry, service  # noqa: F401  (each registers its routes on `api`)
+from . import face, groups, people, registry, service  # noqa: F401  (each registers its routes on `api`)
 from .common import Gateway, api
 
 # The image routes (those documenting a form upload) and their JSON bodies.
