@@ -82,8 +82,7 @@ async def enroll_clusters(args: argparse.Namespace) -> Tally:
                 return await embedding(enroller, relative, tally)
         vectors = await asyncio.gather(*(embed(p) for p in todo))
         faces = [(p, v) for p, v in zip(todo, vectors) if v is not None]
-        groups, alone = await asyncio.to_thread(
-            clustering.cluster, np.asarray([v for _, v in faces]).reshape(len(faces), -1))
+        groups, alone = await asyncio.to_thread(clustering.cluster, [v for _, v in faces])
         first = await next_unknown(enroller)
         people = [c.members for c in groups] + [[i] for i in alone]
         progress, persons = Progress(tally), {}

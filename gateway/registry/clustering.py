@@ -32,6 +32,8 @@ def labels(vectors: np.ndarray, cut: float = CUT_DISTANCE) -> np.ndarray:
 
 def cluster(vectors, cut: float = CUT_DISTANCE) -> tuple[list[Cluster], list[int]]:
     """Clusters of two or more faces (largest first) and the faces left alone."""
+    if not len(vectors):
+        return [], []
     vectors = np.asarray(vectors, np.float64)
     groups: dict[int, list[int]] = {}
     for index, label in enumerate(labels(vectors, cut)):

@@ -1,7 +1,6 @@
 """Group photos: every face of a photo identified at once, and faces clustered into people."""
 import asyncio
 
-import numpy as np
 from fastapi import Depends
 from fastapi.responses import JSONResponse
 
@@ -72,8 +71,7 @@ async def cluster(body: s.ClusterRequest, gw: Gateway = Depends(gateway)):
                                        for i, img in enumerate(body.imgs)))
     faces = [s.ClusterFace(img=i, facial_area=_area(face))
              for i, found in enumerate(per_photo) for face in found]
-    vectors = np.asarray([list(face.embedding) for found in per_photo for face in found],
-                         np.float32).reshape(len(faces), -1)
+    vectors = [list(face.embedding) for found in per_photo for face in found]
     cut = body.threshold or clustering.CUT_DISTANCE
     groups, alone = await asyncio.to_thread(clustering.cluster, vectors, cut)
     return s.ClusterResponse(
