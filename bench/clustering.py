@@ -95,7 +95,7 @@ def evaluate(quick: bool, workers: int) -> dict:
         sweep[name] = [bcubed(truth, labels(vectors, float(cut)))[2] for cut in SWEEP]
     mean_f = np.mean(list(sweep.values()), axis=0)
     return {"cut_distance": CUT_DISTANCE, "dbscan_eps": DEFAULT_THRESHOLD, "rows": rows,
-            "sweep": {"cuts": SWEEP.tolist(), "mean_f": mean_f.tolist(),
+            "sweep": {"cuts": SWEEP.tolist(), "mean_f": mean_f.tolist(), "f": sweep,
                       "best_cut": float(SWEEP[int(np.argmax(mean_f))])}}
 
 
@@ -113,9 +113,11 @@ def markdown(r: dict) -> str:
                        f"{row['recall']:.4f}", f"{row['f']:.4f}", row["accept_f"],
                        f"{row['dbscan_precision']:.4f}", f"{row['dbscan_recall']:.4f}",
                        f"{row['dbscan_f']:.4f}"] for row in r["rows"]]), "",
-        f"Mean F over the sets by cut distance (best: {sweep['best_cut']}):", "",
-        report.table(["cut", "mean F"], [[f"{c:.2f}", f"{f:.4f}"]
-                                         for c, f in zip(sweep["cuts"], sweep["mean_f"])]), ""])
+        f"F by cut distance, each set and their mean (best mean: {sweep['best_cut']}):", "",
+        report.table(["cut", *sweep["f"], "mean F"],
+                     [[f"{c:.2f}", *(f"{sweep['f'][name][i]:.4f}" for name in sweep["f"]),
+                       f"{mean:.4f}"] for i, (c, mean) in enumerate(zip(sweep["cuts"],
+                                                                        sweep["mean_f"]))]), ""])
 
 
 def report_on(out_dir: pathlib.Path, quick: bool, workers: int) -> dict:

@@ -13,7 +13,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 
 # Cosine distance at which the average-linkage tree is cut, for the real pack's
 # MobileFaceNet (bench/results/clustering.md).
-CUT_DISTANCE = 0.70
+CUT_DISTANCE = 0.64
 
 
 @dataclasses.dataclass
