@@ -227,21 +227,26 @@ class Enroller:
             raise SystemExit(f"face-gateway enroll: model '{self.args.model}' is not served by "
                              f"{self.args.url} (models: {', '.join(names) or 'none'})")
 
-    async def registered_sources(self) -> dict[str, str]:
-        """`source` label -> person_id of the records of this model and store, page by page."""
-        sources, offset, total = {}, 0, 1
+    async def listed(self, route: str, what: str, **params):
+        """Every item of a paged listing (of this model and store), page by page."""
+        offset, total = 0, 1
         while offset < total:
-            response = await self._request("GET", "/v1/face/registry", params={
-                **self._scope(), "limit": PAGE_SIZE, "offset": offset})
-            _raise_for(response, "listing the registry")
+            response = await self._request("GET", route, params={
+                **self._scope(), **params, "limit": PAGE_SIZE, "offset": offset})
+            _raise_for(response, what)
             page = response.json()
             total, items = page["total"], page["items"]
             if not items:
                 break
-            sources.update((i["labels"][SOURCE_LABEL], i["person_id"]) for i in items
-                           if SOURCE_LABEL in i["labels"])
+            for item in items:
+                yield item
             offset += len(items)
-        return sources
+
+    async def registered_sources(self) -> dict[str, str]:
+        """`source` label -> person_id of the records of this model and store."""
+        return {i["labels"][SOURCE_LABEL]: i["person_id"]
+                async for i in self.listed("/v1/face/registry", "listing the registry")
+                if SOURCE_LABEL in i["labels"]}
 
     async def register(self, relative: str, tally: Tally, persons: dict[str, str],
                        person: str | None = None) -> None:

@@ -17,7 +17,7 @@ import re
 
 import numpy as np
 
-from .enroll import (PAGE_SIZE, Enroller, Progress, Refused, Tally, _raise_for, client_for,
+from .enroll import (Enroller, Progress, Refused, Tally, _raise_for, client_for,
                      is_image, read_photo)
 from .registry import clustering
 
@@ -51,19 +51,10 @@ async def embedding(enroller: Enroller, relative: str, tally: Tally) -> np.ndarr
 
 async def next_unknown(enroller: Enroller) -> int:
     """1 + the highest N of the people named unknown-N of this model and store."""
-    highest, offset, total = 0, 0, 1
-    while offset < total:
-        response = await enroller._request("GET", "/v1/face/people", params={
-            **enroller._scope(), "name": "unknown-", "limit": PAGE_SIZE, "offset": offset})
-        _raise_for(response, "listing people")
-        page = response.json()
-        total, items = page["total"], page["items"]
-        if not items:
-            break
-        for item in items:
-            if found := UNKNOWN.fullmatch(item["name"]):
-                highest = max(highest, int(found.group(1)))
-        offset += len(items)
+    highest = 0
+    async for person in enroller.listed("/v1/face/people", "listing people", name="unknown-"):
+        if found := UNKNOWN.fullmatch(person["name"]):
+            highest = max(highest, int(found.group(1)))
     return highest + 1
 
 
