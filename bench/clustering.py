@@ -21,8 +21,8 @@ from sklearn.cluster import DBSCAN
 from gateway.registry.clustering import CUT_DISTANCE, labels
 
 from . import report
-from .datasets import FACES, b64, labelled_faces, require_shared
-from .pipeline import DEFAULT_THRESHOLD, Pipeline, PipelineError
+from .datasets import FACES, labelled_faces, require_shared
+from .pipeline import DEFAULT_THRESHOLD, Pipeline
 from .progress import track_map
 
 SETS = ("lfw_grey", "deepface", "face_recognition", "facenet_sandberg", "insightface", "nuaa")
@@ -66,18 +66,11 @@ def photo_sets(quick: bool) -> dict[str, list[tuple[pathlib.Path, str]]]:
     return out
 
 
-def embedded(pipe: Pipeline, path: pathlib.Path) -> np.ndarray | None:
-    try:
-        return pipe.embed(b64(path))
-    except PipelineError:  # no face found
-        return None
-
-
 def evaluate(quick: bool, workers: int) -> dict:
     sets = photo_sets(quick)
     pipe = Pipeline()
     try:
-        embeddings = {name: track_map(f"embed {name}", lambda item: embedded(pipe, item[0]),
+        embeddings = {name: track_map(f"embed {name}", lambda item: pipe.embed_file(item[0]),
                                       photos, workers) for name, photos in sets.items()}
     finally:
         pipe.close()

@@ -27,8 +27,8 @@ from gateway.registry.openset import TABLES
 from gateway.registry.persons import nearest_persons
 
 from . import report
-from .datasets import b64, labelled_faces, people_in_fixed_order, require_shared
-from .pipeline import DEFAULT_THRESHOLD, PACK_NAME, Pipeline, PipelineError
+from .datasets import labelled_faces, people_in_fixed_order, require_shared
+from .pipeline import DEFAULT_THRESHOLD, PACK_NAME, Pipeline
 from .progress import track_map
 
 TILE = 200  # pixels, each photo fitted into a square tile
@@ -126,13 +126,6 @@ def score(given: list[int | None], names: list[str], face_of_tile, tiles) -> tup
     return right, scored
 
 
-def embedded(pipe: Pipeline, path: pathlib.Path) -> np.ndarray | None:
-    try:
-        return pipe.embed(b64(path))
-    except PipelineError:  # no face: the person is not enrolled
-        return None
-
-
 def evaluate(quick: bool, workers: int = 1) -> dict:
     enrol, groups = build_groups(QUICK_GROUPS if quick else GROUPS,
                                  QUICK_PEOPLE if quick else PEOPLE)
@@ -141,11 +134,13 @@ def evaluate(quick: bool, workers: int = 1) -> dict:
         store = LocalStore(pathlib.Path(tmp) / "groups.sqlite3")
         try:
             names = sorted(enrol)
-            vectors = track_map("enrol", lambda n: embedded(pipe, enrol[n]), names, workers)
+            vectors = track_map("enrol", lambda n: pipe.embed_file(enrol[n]), names,
+                                workers)
             for name, vector in zip(names, vectors):
                 if vector is not None:
                     store.add(Record.new(name, {}, PACK_NAME, vector))
-            detected = track_map("group photos", lambda g: pipe.faces(g.b64), groups, workers)
+            detected = track_map("group photos", lambda g: pipe.faces(g.b64), groups,
+                                 workers)
             runs = [(method, rule, threshold) for threshold in THRESHOLDS
                     for method, rule in (("assignment", assign), ("face_by_face", nearest_each))]
             totals = {run: [0, 0] for run in runs}

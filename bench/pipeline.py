@@ -7,6 +7,7 @@ second process: what the service adds on top of it is transport.
 import pathlib
 import tempfile
 
+import grpc
 import numpy as np
 
 from face_contract.rpc import backend_pb2 as pb
@@ -15,7 +16,7 @@ from backend.extras import FaceExtrasServicer
 from backend.server import BackendServicer
 from gateway.registry import LocalStore, Record
 
-from .datasets import MODELS
+from .datasets import MODELS, b64
 
 PACK_NAME = "mobilefacenet-pack"
 DEFAULT_THRESHOLD = 0.74  # the pack's verify_threshold, calibrated on LFW
@@ -72,6 +73,15 @@ class Pipeline:
     def embed(self, img: str) -> np.ndarray:
         reply = self._servicer.Embedding(pb.PredictOptions(Images=[img]), _Context())
         return np.asarray(reply.embeddings, np.float32)
+
+    def embed_file(self, path: pathlib.Path) -> np.ndarray | None:
+        """The embedding of a photo's primary face; None when it has no face."""
+        try:
+            return self.embed(b64(path))
+        except PipelineError as exc:
+            if exc.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            return None
 
     def faces(self, img: str) -> list[xpb.Face]:
         """Every face of the photo with its embedding, largest first (FaceExtras' Faces)."""

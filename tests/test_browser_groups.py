@@ -6,7 +6,7 @@ import base64
 import httpx
 
 from bench.groups import tiled
-from test_browser import (ARTIFACTS, GREEN, TRAIN, browser, gateway, green_pixels,  # noqa: F401
+from test_browser import (ARTIFACTS, TRAIN, browser, gateway, green_pixels,  # noqa: F401
                           page, pytestmark)
 
 FACES = {"Barack Obama": (TRAIN / "obama" / "obama.jpg", TRAIN / "obama" / "obama2.jpg"),
