@@ -3,7 +3,8 @@
 On ../shared/faces: LFW verification (LFW protocol over the 5 folds present, TAR at
 FAR, EER), 1:N rank-1 per photo set, open-set 1:N (FNIR at FPIR, FPIR at the default
 identify threshold, bench/openset.py), person-level identify by aggregation rule
-(bench/persons.py, persons.md), liveness APCER/BPCER, UTKFace gender and age;
+(bench/persons.py, persons.md), group photos (bench/groups.py), clustering unknown faces
+(bench/clustering.py), liveness APCER/BPCER, UTKFace gender and age;
 beside them, on LFW fold 1, the verify endpoint, the same pipeline in-process and
 the face_recognition peer. Writes bench/results/accuracy.{md,json}, roc.png, distances.png,
 det.png.
@@ -16,7 +17,7 @@ import time
 
 import numpy as np
 
-from . import metrics, openset, peer, persons, report
+from . import clustering, groups, metrics, openset, peer, persons, report
 from .datasets import (Pair, b64, identities, labelled_faces, labels, lfw_pairs,
                        people_in_fixed_order, require_shared)
 from .pipeline import DEFAULT_THRESHOLD, PACK_NAME, Pipeline, PipelineError
@@ -314,6 +315,9 @@ def main(argv=None) -> None:
     open_results, det_curves = open_set(vectors, people, identify_threshold)
     results.update(open_results)
     results["persons"] = persons.report_on(vectors, people, args.out, args.quick)
+    # In-process on the real pack, through the gateway's own assignment and clustering code.
+    results["groups"] = groups.report_on(args.out, args.quick, args.workers)
+    results["clustering"] = clustering.report_on(args.out, args.quick, args.workers)
     c = results["comparison"]
     results.update(peer_lfw_accuracy=c["peer_accuracy"], peer_sample=c["sample"],
                    service_accuracy_on_peer_sample=c["verify_endpoint_accuracy"])

@@ -7,13 +7,16 @@ second process: what the service adds on top of it is transport.
 import pathlib
 import tempfile
 
+import grpc
 import numpy as np
 
 from face_contract.rpc import backend_pb2 as pb
+from face_contract.rpc import face_extras_pb2 as xpb
+from backend.extras import FaceExtrasServicer
 from backend.server import BackendServicer
 from gateway.registry import LocalStore, Record
 
-from .datasets import MODELS
+from .datasets import MODELS, b64
 
 PACK_NAME = "mobilefacenet-pack"
 DEFAULT_THRESHOLD = 0.74  # the pack's verify_threshold, calibrated on LFW
@@ -73,6 +76,20 @@ class Pipeline:
     def embed(self, img: str) -> np.ndarray:
         reply = self._servicer.Embedding(pb.PredictOptions(Images=[img]), _Context())
         return np.asarray(reply.embeddings, np.float32)
+
+    def embed_file(self, path: pathlib.Path) -> np.ndarray | None:
+        """The embedding of a photo's primary face; None when it has no face."""
+        try:
+            return self.embed(b64(path))
+        except PipelineError as exc:
+            if exc.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            return None
+
+    def faces(self, img: str) -> list[xpb.Face]:
+        """Every face of the photo with its embedding, largest first (FaceExtras' Faces)."""
+        return list(FaceExtrasServicer(self._servicer).Faces(xpb.FacesRequest(
+            src=img, all_faces=True, embeddings=True), _Context()).faces)
 
     def register(self, img: str, name: str) -> None:
         self._store.add(Record.new(name, {}, PACK_NAME, self.embed(img)))

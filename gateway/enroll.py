@@ -62,6 +62,9 @@ def parse_args(argv) -> argparse.Namespace:
                    help=f"larger photos are refused unread (default {DEFAULT_MAX_BYTES}, "
                         "what fits the gateway's default body limit)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--cluster", action="store_true",
+                   help="DIR holds unlabelled photos (in any folders): group them by face into "
+                        "people named unknown-N (gateway/enroll_cluster.py)")
     args = p.parse_args(argv)
     if not args.dir.is_dir():
         p.error(f"{args.dir} is not a folder")
@@ -229,31 +232,38 @@ class Enroller:
             raise SystemExit(f"face-gateway enroll: model '{self.args.model}' is not served by "
                              f"{self.args.url} (models: {', '.join(names) or 'none'})")
 
-    async def registered_sources(self) -> dict[str, str]:
-        """`source` label -> person_id of the records of this model and store, page by page."""
-        sources, offset, total = {}, 0, 1
+    async def listed(self, route: str, what: str, **params):
+        """Every item of a paged listing (of this model and store), page by page."""
+        offset, total = 0, 1
         while offset < total:
-            response = await self._request("GET", "/v1/face/registry", params={
-                **self._scope(), "limit": PAGE_SIZE, "offset": offset})
-            _raise_for(response, "listing the registry")
+            response = await self._request("GET", route, params={
+                **self._scope(), **params, "limit": PAGE_SIZE, "offset": offset})
+            _raise_for(response, what)
             page = response.json()
             total, items = page["total"], page["items"]
             if not items:
                 break
-            sources.update((i["labels"][SOURCE_LABEL], i["person_id"]) for i in items
-                           if SOURCE_LABEL in i["labels"])
+            for item in items:
+                yield item
             offset += len(items)
-        return sources
 
-    async def register(self, relative: str, tally: Tally, persons: dict[str, str]) -> None:
-        """Registers one photo to its folder's person (persons: folder -> person_id)."""
+    async def registered_sources(self) -> dict[str, str]:
+        """`source` label -> person_id of the records of this model and store."""
+        return {i["labels"][SOURCE_LABEL]: i["person_id"]
+                async for i in self.listed("/v1/face/registry", "listing the registry")
+                if SOURCE_LABEL in i["labels"]}
+
+    async def register(self, relative: str, tally: Tally, persons: dict[str, str],
+                       person: str | None = None) -> None:
+        """Registers one photo to the person named `person` (default: its top folder);
+        persons: name -> person_id of the people this run registered to."""
         try:
             data = await asyncio.to_thread(read_photo, self.args.dir, relative,
                                            self.args.max_bytes)
         except Refused as exc:
             tally.failed.append(f"{relative}: {exc}")
             return
-        folder = relative.split("/", 1)[0]
+        folder = person or relative.split("/", 1)[0]
         person = {"person_id": persons[folder]} if folder in persons else {"name": folder}
         body = {**self._scope(), **person, "img": base64.b64encode(data).decode("ascii"),
                 "labels": {**self.labels.get(relative, {}), SOURCE_LABEL: relative}}
@@ -286,11 +296,14 @@ def _raise_for(response: httpx.Response, what: str) -> None:
                          f"{_message(response)}")
 
 
-async def enroll(args: argparse.Namespace) -> Tally:
+def client_for(args: argparse.Namespace) -> httpx.AsyncClient:
     headers = {"x-api-key": args.api_key} if args.api_key else {}
-    limits = httpx.Limits(max_connections=args.concurrency)
-    async with httpx.AsyncClient(base_url=args.url, headers=headers, timeout=args.timeout,
-                                 limits=limits) as client:
+    return httpx.AsyncClient(base_url=args.url, headers=headers, timeout=args.timeout,
+                             limits=httpx.Limits(max_connections=args.concurrency))
+
+
+async def enroll(args: argparse.Namespace) -> Tally:
+    async with client_for(args) as client:
         enroller = Enroller(args, client)
         await enroller.check_model()
         started = time.monotonic()
@@ -323,11 +336,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     lock_folder(args.dir)  # held until the process ends
     loose = sum(is_image(path) for path in args.dir.iterdir())
-    if loose:
+    if loose and not args.cluster:
         print(f"face-gateway enroll: {loose} images directly in {args.dir} are left out: "
               f"only images in a folder per person are registered", file=sys.stderr)
+    from .enroll_cluster import enroll_clusters  # it builds on this module
     try:
-        tally = asyncio.run(enroll(args))
+        tally = asyncio.run(enroll_clusters(args) if args.cluster else enroll(args))
     except KeyboardInterrupt:
         raise SystemExit("face-gateway enroll: interrupted; run it again to resume") from None
     except httpx.TransportError as exc:

@@ -22,6 +22,7 @@ MAX_ID = 256          # model, store and record ids
 DEFAULT_MAX_FACES = 100
 MAX_FACES = 1000
 MAX_REGISTER_IMAGES = 32
+MAX_CLUSTER_IMAGES = 100
 
 ModelField = Field(None, max_length=MAX_ID,
                    description="installed model name; omitted: the gateway's default model")
@@ -174,6 +175,9 @@ class IdentifyRequest(BaseModel):
         None, description="person: one match per registered person (person_id, faces), so a "
                           "person enrolled with many photos does not fill the top_k alone; "
                           "name: one match per name (their nearest face)")
+    all_faces: bool = Field(False, description="every face of the photo: the answer adds "
+                            "`faces`, one entry each, a person given to at most one face "
+                            "(matches: the largest face's)")
     store: str | None = StoreField
 
 
@@ -424,3 +428,51 @@ class ReembedResponse(BaseModel):
     without_crop: int = Field(description="faces made by another recognizer without a kept "
                                           "crop: register them again (forget them first)")
     without_crop_ids: list[str] = Field(description=f"their ids, the first {MAX_LIST_LIMIT}")
+
+
+# -- group photos and clustering (routes/groups.py) -------------------------------
+
+class IdentifiedFace(BaseModel):
+    facial_area: FacialArea
+    person_id: str | None = Field(description="the person given to this face; null: unknown")
+    name: str | None
+    distance: float | None = Field(description="to that person; unknown: to the nearest person "
+                                               "not given to another face (null: none)")
+    confidence: float | None
+    match: bool
+    matches: list[IdentifyMatch] = Field(description="the face's nearest people (by person)")
+
+    def shown(self) -> dict:
+        """As answered: an unknown face says null, its matches leave out what is not set."""
+        return {**self.model_dump(exclude={"matches"}),
+                "matches": [m.model_dump(exclude_none=True) for m in self.matches]}
+
+
+class ClusterRequest(BaseModel):
+    model_config = example(imgs=[JPEG, JPEG])
+
+    model: str | None = ModelField
+    imgs: list[str] = Field(min_length=1, max_length=MAX_CLUSTER_IMAGES,
+                            description=f"the photos, every face of each clustered "
+                                        f"({ImageDoc}), at most {MAX_CLUSTER_IMAGES}")
+    threshold: float | None = Field(None, ge=0, le=2, allow_inf_nan=False,
+                                    description="cosine distance at which the average-linkage "
+                                                "tree is cut; 0 or omitted: the measured "
+                                                "default")
+
+
+class ClusterFace(BaseModel):
+    img: int = Field(description="index of the photo in imgs")
+    facial_area: FacialArea
+
+
+class FaceCluster(BaseModel):
+    faces: list[ClusterFace]
+    representative: ClusterFace = Field(description="the face nearest the cluster's mean")
+
+
+class ClusterResponse(BaseModel):
+    clusters: list[FaceCluster] = Field(description="groups of two or more faces, largest first")
+    unclustered: list[ClusterFace] = Field(description="faces like no other face sent")
+    threshold: float = Field(description="the cut distance used")
+    model: str

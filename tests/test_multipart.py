@@ -63,11 +63,12 @@ def test_openapi_documents_forms_examples_and_400_not_422(tmp_path):
     for path, model in FORM_ROUTES.items():
         content = schema["paths"][path]["post"]["requestBody"]["content"]
         form = content["multipart/form-data"]["schema"]["properties"]
-        assert any(prop.get("format") == "binary" for prop in form.values()), path
+        assert any("binary" in (prop.get("format"), prop.get("items", {}).get("format"))
+                   for prop in form.values()), path  # a file, or files (imgs)
         assert models[model.__name__]["examples"], path
     assert set(FORM_ROUTES) == {"/v1/face/verify", "/v1/face/analyze", "/v1/face/embed",
                                 "/v1/face/register", "/v1/face/identify", "/v1/detection",
-                                "/v1/face/detect"}
+                                "/v1/face/detect", "/v1/face/cluster"}
 
 
 @pytest.fixture(scope="module")
@@ -187,4 +188,5 @@ def test_every_openapi_example_is_a_request_that_works(gw):
             assert re.search(r"no (face|registered face|person) ", response.text), response.text
         else:
             assert response.status_code in (200, 204), (path, response.text)
-    assert tried == 10  # verify analyze embed register identify forget, 2 detections, merge move
+    assert tried == 11  # verify analyze embed register identify forget, 2 detections, merge
+    # move, cluster

@@ -1,6 +1,6 @@
 """The HTTP routes, one module per concern, all on one router (`api`)."""
 # each registers its routes on `api`
-from . import face, people, reembed, registry, service  # noqa: F401
+from . import face, groups, people, reembed, registry, service  # noqa: F401
 from .common import Gateway, api
 
 # The image routes (those documenting a form upload) and their JSON bodies.

@@ -12,6 +12,7 @@ from .. import schemas as s
 from ..middleware.multipart import form_schema
 from ..registry import Filters, PersonFilters, Record, fingerprint, openset, persons, require
 from .common import Gateway, _f, api, face, gateway
+from .groups import identify_all_faces
 
 
 @api.post("/v1/face/register", response_model=s.RegisterResponse,
@@ -56,6 +57,8 @@ async def identify(body: s.IdentifyRequest, gw: Gateway = Depends(gateway)):
     decision = await asyncio.to_thread(  # open-set decisions count people, not photos
         openset.decide, gw.backends.config(model), model, body.threshold,
         body.match_policy, body.fpir, lambda: store.count_persons(PersonFilters(model=model)))
+    if body.all_faces:
+        return await identify_all_faces(body, gw, model, store, decision)
     vector = await gw.embedding(model, body.img)
     threshold = decision.threshold
     recognizer = await asyncio.to_thread(fingerprint.fingerprint, gw.backends.config(model))

@@ -247,8 +247,10 @@ section("register", async (photos, data) => {
 });
 
 section("identify", async (photos, data) => {
+  const every = data.get("all_faces") === "true";
   const r = await api("POST", "/v1/face/identify", form({
-    img: photos.img.required("the photo"), top_k: data.get("top_k") }));
+    img: photos.img.required("the photo"), top_k: data.get("top_k"), all_faces: every ? "true" : "" }));
+  if (every) return groupPhoto(photos.img, r.faces);
   if (!r.matches.length) return [el("p", {}, "Nobody is registered for this model yet.")];
   const rows = r.matches.map((m, i) => el("tr", { className: m.match ? "match" : "" },
     el("td", {}, `${i + 1}`), el("td", { className: "name" }, m.name), el("td", {}, m.distance.toFixed(3)),
@@ -256,6 +258,42 @@ section("identify", async (photos, data) => {
   return [el("table", { className: "matches" },
     el("thead", {}, el("tr", {}, ...["#", "Name", "Distance", "Confidence", ""].map((h) => el("th", {}, h)))),
     el("tbody", {}, ...rows))];
+});
+
+// Every face of a group photo, its box labelled with the person given to it (or "unknown").
+function groupPhoto(photo, faces) {
+  photo.draw(faces.map((f) => box(f.facial_area, f.name ?? "unknown", f.match)));
+  if (!faces.length) return [el("p", {}, "No face found.")];
+  const rows = faces.map((f, i) => el("tr", { className: f.match ? "match" : "" },
+    el("td", {}, `${i + 1}`), el("td", { className: "name" }, f.name ?? "unknown"),
+    el("td", {}, f.distance === null ? "–" : f.distance.toFixed(3))));
+  return [el("p", {}, `${faces.length} faces, ${faces.filter((f) => f.match).length} named`),
+    el("table", { className: "matches" },
+      el("thead", {}, el("tr", {}, ...["#", "Name", "Distance"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, ...rows))];
+}
+
+// A face cut out of its photo, for the clusters of "group these photos".
+function faceThumb(image, area) {
+  const canvas = el("canvas", { width: 72, height: 72, className: "thumb" });
+  canvas.getContext("2d").drawImage(image, area.x, area.y, area.w, area.h, 0, 0, 72, 72);
+  return canvas;
+}
+
+section("group", async (photos, data) => {
+  const files = data.getAll("imgs").filter((f) => f.size);
+  if (!files.length) throw new ApiError("choose the photos to group first");
+  const body = form({});
+  files.forEach((f) => body.append("imgs", f));
+  const r = await api("POST", "/v1/face/cluster", body);
+  const images = await Promise.all(files.map((f) => createImageBitmap(f)));
+  const strip = (faces) => el("div", { className: "thumbs" },
+    ...faces.map((f) => faceThumb(images[f.img], f.facial_area)));
+  return [el("p", {}, `${r.clusters.length} people seen more than once, ${r.unclustered.length} faces seen once`),
+    ...r.clusters.map((c, i) => el("div", { className: "cluster" },
+      el("h3", {}, `Person ${i + 1}: ${c.faces.length} faces`), strip(c.faces))),
+    ...(r.unclustered.length ? [el("div", { className: "cluster" }, el("h3", {}, "Seen once"),
+      strip(r.unclustered))] : [])];
 });
 
 // A paged listing: list(query) answers {items, total}; row(item) makes its table row. Its
