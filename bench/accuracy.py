@@ -5,8 +5,8 @@ FAR, EER), 1:N rank-1 per photo set, open-set 1:N (FNIR at FPIR, FPIR at the def
 identify threshold, bench/openset.py), person-level identify by aggregation rule
 (bench/persons.py, persons.md), liveness APCER/BPCER, UTKFace gender and age;
 beside them, on LFW fold 1, the verify endpoint, the same pipeline in-process and
-the face_recognition peer. Writes bench/results/accuracy.{md,json}, roc.png, distances.png,
-det.png.
+the face_recognition peer; face quality's EDC and enrolment gate (bench/quality.py). Writes
+bench/results/accuracy.{md,json}, roc.png, distances.png, det.png, quality.md, quality_edc.png.
 """
 import argparse
 import datetime
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from . import metrics, openset, peer, persons, report
+from . import metrics, openset, peer, persons, quality, report
 from .datasets import (Pair, b64, identities, labelled_faces, labels, lfw_pairs,
                        people_in_fixed_order, require_shared)
 from .pipeline import DEFAULT_THRESHOLD, PACK_NAME, Pipeline, PipelineError
@@ -324,6 +324,7 @@ def main(argv=None) -> None:
     print()
     print(report.accuracy_markdown(results))
     print("wrote " + ", ".join(str(w) for w in written))
+    print("\n".join(quality.run(args.out, args.quick, args.workers)))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ import re
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 
-from face_contract.errors import InvalidInput
+from face_contract.errors import InvalidInput, NoFace
 from face_contract.rpc import backend_pb2 as pb
+from face_contract.rpc import face_extras_pb2 as xpb
 
 from .. import schemas as s
 from ..fetch import UrlFetcher
@@ -43,6 +44,20 @@ class Gateway:
         result = await self.call(model, "Embedding", pb.PredictOptions(),
                                  large={"Images": [image]}, **{"Images[0]": field})
         return list(result.embeddings)
+
+    async def faces(self, model: str, image: str, field: str, **asked) -> xpb.FacesReply:
+        """FaceExtras' Faces, each face with its quality, of an image already read (image_b64).
+        asked: FacesRequest's other fields."""
+        return await self.call(model, "Faces", xpb.FacesRequest(quality=True, **asked),
+                               large={"src": image}, src=field)
+
+    async def primary_face(self, model: str, img: str, field: str = "img") -> xpb.Face:
+        """The primary face of a photo, with its embedding and quality, in one backend call."""
+        reply = await self.faces(model, await image_b64(img, field, self.fetcher), field,
+                                 embeddings=True)
+        if not reply.faces:
+            raise NoFace(f"no face found in {field}")
+        return reply.faces[0]
 
 
 async def gateway(request: Request) -> Gateway:
