@@ -6,6 +6,7 @@ the EDC is measured on the other folds only.
 """
 import argparse
 import base64
+import collections
 import dataclasses
 import pathlib
 
@@ -141,7 +142,8 @@ def edc(results: list[PairResult]) -> dict[str, list[float]]:
 
 
 def gate_counts(results: list[PairResult], gate: str = DEFAULT_GATE) -> dict[str, tuple]:
-    """Per kind of photo: (photos, refused, refused with the fitting reason, no face)."""
+    """Per kind of photo: (photos, refused, refused with the fitting reason, no face, how many
+    times each reason was given)."""
     photos: dict[str, list[Sample]] = {"original": []}
     seen = set()
     for r in results:
@@ -156,7 +158,8 @@ def gate_counts(results: list[PairResult], gate: str = DEFAULT_GATE) -> dict[str
         fitting = FITTING_REASON.get(kind, "")
         counts[kind] = (len(samples), sum(bool(f) for f in found),
                         sum(any(x.startswith(fitting + ":") for x in f) for f in found)
-                        if fitting else 0, len(samples) - len(found))
+                        if fitting else 0, len(samples) - len(found),
+                        collections.Counter(x.split(":")[0] for f in found for x in f))
     return counts
 
 
@@ -177,11 +180,14 @@ def gate_report(results: list[PairResult]) -> list[str]:
     lines = [f"### The default gate ({DEFAULT_GATE}) on each kind of photo", "",
              "| photos | count | refused | with the fitting reason | no face found |",
              "|---|---|---|---|---|"]
-    for kind, (n, refused, fitting, no_face) in gate_counts(results).items():
+    given = {}
+    for kind, (n, refused, fitting, no_face, why) in gate_counts(results).items():
         reason = f"{fitting} ({FITTING_REASON[kind]})" if kind in FITTING_REASON else "-"
         lines.append(f"| {kind} | {n} | {refused} ({refused / max(n, 1):.1%}) | {reason} "
                      f"| {no_face} |")
-    return lines + [""]
+        given[kind] = ", ".join(f"{code} {count}" for code, count in why.most_common())
+    return lines + ["", "Reasons given (a photo may have several): " + "; ".join(
+        f"{kind}: {why or 'none'}" for kind, why in given.items()) + ".", ""]
 
 
 def plot(results: list[PairResult], path: pathlib.Path) -> None:

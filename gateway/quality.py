@@ -21,9 +21,9 @@ class Bounds:
 
 
 GATES = {
-    "low": Bounds(inter_eye_px=20, sharpness=20, brightness=50, pose_deg=70, blockiness=2.5,
+    "low": Bounds(inter_eye_px=20, sharpness=20, brightness=50, pose_deg=85, blockiness=2.5,
                   score=5),
-    "medium": Bounds(inter_eye_px=28, sharpness=38, brightness=75, pose_deg=60, blockiness=2.0,
+    "medium": Bounds(inter_eye_px=28, sharpness=36, brightness=75, pose_deg=75, blockiness=2.0,
                      score=10),
     "high": Bounds(inter_eye_px=40, sharpness=70, brightness=90, pose_deg=40, blockiness=1.6,
                    score=30),

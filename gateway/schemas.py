@@ -253,8 +253,8 @@ class FaceQuality(BaseModel):
                                      "to predict failed genuine comparisons)")
     components: dict[str, float] = Field(
         description="what the score is made of: inter_eye_px, yaw, pitch, roll (degrees), "
-                    "sharpness, brightness (0-255), clipped (share of pixels), detector_score, "
-                    "embedding_norm")
+                    "sharpness, brightness (0-255), clipped (share of pixels), blockiness "
+                    "(JPEG blocking), detector_score, embedding_norm")
     reasons: list[str] = Field(description="what keeps the face below the quality gate, each "
                                            "with its measured value and bound; empty: none")
 

@@ -47,11 +47,11 @@ def test_reasons_name_the_measured_value_and_the_bound():
     assert reasons(90, components, "medium") == [
         "SMALL_FACE: inter-eye distance 14 px, needs at least 28"]
     assert reasons(90, components, "off") == []
-    dark_turned = {**components, "inter_eye_px": 60, "brightness": 20, "yaw": -80}
+    dark_turned = {**components, "inter_eye_px": 60, "brightness": 20, "yaw": -88}
     found = reasons(2, dark_turned, "low")
     assert [r.split(":")[0] for r in found] == ["LOW_BRIGHTNESS", "EXTREME_POSE",
                                                 "LOW_FACE_QUALITY"]
-    assert "yaw -80 degrees, needs at most" in found[1]
+    assert "yaw -88 degrees, needs at most" in found[1]
 
 
 def small(path, inter_eye_px: float = 15.0, original_px: float = 47.0) -> str:

@@ -105,6 +105,8 @@ class Photo {
     ctx.drawImage(this.image, 0, 0, this.canvas.width, this.canvas.height);
     ctx.lineWidth = 3;
     ctx.font = "600 14px system-ui, sans-serif";
+    // What the boxes say, for screen readers (and tests): a canvas has no text of its own.
+    this.canvas.setAttribute("aria-label", boxes.map((b) => b.label).filter(Boolean).join("; "));
     for (const box of boxes) {
       const [x, y, w, h] = [box.x, box.y, box.w, box.h].map((v) => v * this.scale);
       ctx.strokeStyle = ctx.fillStyle = box.good === false ? "#e5484d" : "#30a46c";
@@ -193,8 +195,10 @@ function facts(pairs) {
 const pct = (v) => `${(v * 100).toFixed(1)}%`;  // a 0-1 score
 const of100 = (v) => `${v.toFixed(1)}%`;  // confidence and gender scores are 0-100
 const box = (area, label, good) => ({ x: area.x, y: area.y, w: area.w, h: area.h, label, good });
-// A face's quality on its box ("q 87", "!" when below the gate) and as rows of facts.
-const qualityLabel = (q) => q ? `q ${Math.round(q.score)}${q.reasons.length ? " !" : ""}` : "";
+// A face's quality on its box ("q 87", then the codes of the reasons it is below the gate)
+// and as rows of facts (each reason in full, with its measured value and bound).
+const qualityLabel = (q) => !q ? "" :
+  [`q ${Math.round(q.score)}`, ...new Set(q.reasons.map((r) => r.split(":")[0]))].join(" ");
 const qualityRows = (q, name = "quality") => !q ? [] : [[name, Math.round(q.score)],
   ...q.reasons.map((reason) => ["below the gate", reason])];
 const joined = (...parts) => parts.filter(Boolean).join(" · ");
