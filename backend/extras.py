@@ -1,5 +1,7 @@
 """The FaceExtras service (proto/face_extras.proto): answers beyond LocalAI's protocol, over
 the engine that LocalAI's LoadModel loaded in the same process."""
+import pathlib
+
 import cv2
 import numpy as np
 
@@ -46,6 +48,7 @@ class FaceExtrasServicer(xpb_grpc.FaceExtrasServicer):
             request.embeddings or request.quality) else None
         vectors = l2_normalise(raw) if raw is not None and request.embeddings else None
         reply = xpb.FacesReply(dim=engine.dim)
+        recognizer = pathlib.Path(engine.recognizer.path).stem  # whose scale the norm is on
         for i, face in enumerate(faces):
             x1, y1, x2, y2 = (float(v) for v in face.box)
             item = reply.faces.add(x=x1, y=y1, w=x2 - x1, h=y2 - y1, score=face.score,
@@ -56,7 +59,7 @@ class FaceExtrasServicer(xpb_grpc.FaceExtrasServicer):
                 item.aligned_crop = _png(crops[i])
             if request.quality:
                 parts = quality.measure(face, img, crops[i], float(np.linalg.norm(raw[i])))
-                item.quality.score = quality.score(parts)
+                item.quality.score = quality.score(parts, recognizer)
                 item.quality.components.update(parts)
         return reply
 

@@ -17,6 +17,7 @@ from .pipeline import Pipeline
 from .quality import FIT_FOLDS, measure
 
 L2 = 1.0
+RECOGNIZER = "MobileFaceNet"  # the pack's (bench/pipeline.py): the norms are on its scale
 NEWTON_STEPS = 50
 
 
@@ -42,7 +43,8 @@ def print_quantiles(results) -> None:
         for sample, kind in ((r.first, "original"), (r.second, r.kind)):
             if sample.components is not None:
                 kinds.setdefault(kind, []).append({**sample.components,
-                                                     "score": quality.score(sample.components)})
+                                                     "score": quality.score(sample.components,
+                                                                            RECOGNIZER)})
     print("component quantiles 1/5/50/95/99% by kind of photo (fit folds):")
     for name in ("inter_eye_px", "sharpness", "brightness", "yaw", "pitch", "score"):
         for kind, rows in kinds.items():
@@ -71,7 +73,7 @@ def main() -> None:
     quality.COEFFICIENTS.write_text(json.dumps({
         "fitted_on": f"lfw_grey genuine pairs of folds {FIT_FOLDS}, each also with one photo "
                      "degraded (bench/quality.py); bench/fit_quality.py",
-        "samples": len(y), "failures": int(y.sum()),
+        "recognizer": RECOGNIZER, "samples": len(y), "failures": int(y.sum()),
         "mean": mean.tolist(), "scale": scale.tolist(), "weights": weights.tolist(),
         "bias": bias}, indent=1) + "\n")
     print(f"{len(y)} photos, {int(y.sum())} of failing pairs; weights {np.round(weights, 3)}")

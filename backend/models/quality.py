@@ -91,15 +91,25 @@ def features(components: dict[str, float]) -> np.ndarray:
     ])
 
 
+NORM_FEATURE = 8  # where embedding_norm sits in features()
+
+
 @functools.cache
-def _model(path: pathlib.Path = COEFFICIENTS) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def _model(path: pathlib.Path = COEFFICIENTS) -> tuple[np.ndarray, np.ndarray, np.ndarray, float,
+                                                       str]:
     fitted = json.loads(path.read_text())
     return (np.asarray(fitted["mean"]), np.asarray(fitted["scale"]),
-            np.asarray(fitted["weights"]), float(fitted["bias"]))
+            np.asarray(fitted["weights"]), float(fitted["bias"]), fitted["recognizer"])
 
 
-def score(components: dict[str, float]) -> float:
-    """0-100: the fitted probability that the face does not fail a genuine comparison."""
-    mean, scale, weights, bias = _model()
-    z = float((features(components) - mean) / scale @ weights + bias)  # logit of failure
+def score(components: dict[str, float], recognizer: str) -> float:
+    """0-100: the fitted probability that the face does not fail a genuine comparison.
+
+    recognizer: the weights' file stem. An embedding's norm is on its own network's scale, so
+    for a recognizer other than the one the score was fitted with it counts as typical."""
+    mean, scale, weights, bias, fitted_on = _model()
+    x = features(components)
+    if recognizer != fitted_on:
+        x[NORM_FEATURE] = mean[NORM_FEATURE]
+    z = float((x - mean) / scale @ weights + bias)  # logit of failure
     return 100.0 / (1.0 + math.exp(min(z, 50.0)))
