@@ -14,7 +14,10 @@ import pytest
 
 from backend.models.align import ARCFACE_TEMPLATE
 from backend.models.quality import pose
-from gateway.quality import reasons
+from backend.loader import check_identify_options
+from face_contract.errors import ModelLoadError
+from gallery.configs import ModelConfig
+from gateway.quality import gate_of, reasons
 from gateway_support import gateway_process, write_config
 from support import FACES, ROOT, image_b64, needs_shared
 
@@ -52,6 +55,15 @@ def test_reasons_name_the_measured_value_and_the_bound():
     assert [r.split(":")[0] for r in found] == ["LOW_BRIGHTNESS", "EXTREME_POSE",
                                                 "LOW_FACE_QUALITY"]
     assert "yaw -88 degrees, needs at most" in found[1]
+
+
+def test_a_model_sets_its_gate_and_a_request_overrides_it(tmp_path):
+    config = ModelConfig("m", "insightface", ["quality_gate:high"], "", [], tmp_path / "m.yaml")
+    assert gate_of(config, None) == "high" and gate_of(config, "off") == "off"
+    assert gate_of(None, None) == "medium"  # the default
+    check_identify_options({"quality_gate": "low"})
+    with pytest.raises(ModelLoadError, match="quality_gate:strict is unknown"):
+        check_identify_options({"quality_gate": "strict"})  # LoadModel refuses the config
 
 
 def small(path, inter_eye_px: float = 15.0, original_px: float = 47.0) -> str:
