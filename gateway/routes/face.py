@@ -103,9 +103,9 @@ async def detection(body: s.DetectionRequest, gw: Gateway = Depends(gateway)):
     best = sorted(range(len(faces)), key=lambda i: faces[i].confidence, reverse=True)
     kept = sorted(best[:body.max_faces])
     return s.DetectionResponse(detections=[s.Detection(
-        x=_f(d.x), y=_f(d.y), width=_f(d.width), height=_f(d.height),
-        class_name=d.class_name or "face", confidence=_f(d.confidence),
-        quality=quality[i] if i < len(quality) else None) for i, d in
-        ((i, faces[i]) for i in kept)])
+        x=_f(faces[i].x), y=_f(faces[i].y), width=_f(faces[i].width),
+        height=_f(faces[i].height), class_name=faces[i].class_name or "face",
+        confidence=_f(faces[i].confidence), quality=quality[i] if i < len(quality) else None)
+        for i in kept])
 
 
