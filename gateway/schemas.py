@@ -351,7 +351,9 @@ class Detection(BaseModel):
     height: float
     class_name: str
     confidence: float
-    quality: FaceQuality | None = Field(None, description="an extra field beside LocalAI's")
+    quality: FaceQuality | None = Field(
+        None, description="an extra field beside LocalAI's; faces at or above the model's own "
+                          "detection floor only (not those a lower `threshold` adds)")
 
 
 class DetectionResponse(BaseModel):

@@ -95,9 +95,12 @@ async def detection(body: s.DetectionRequest, gw: Gateway = Depends(gateway)):
     r, found = await asyncio.gather(
         gw.call(model, "Detect", pb.DetectOptions(threshold=body.threshold or 0.0),
                 large={"src": image}, src="image"),
-        gw.faces(model, image, "image", all_faces=True, threshold=body.threshold or 0.0))
+        # Quality of the faces at the model's own floor only: a low `threshold` finds many
+        # boxes, and each quality costs an embedding run.
+        gw.faces(model, image, "image", all_faces=True))
     gate = gate_of(gw.backends.config(model), None)
-    quality = [assessed(f.quality, gate) for f in found.faces]  # in Detect's order
+    # The same detector on the same image: a face is the same box in both answers.
+    quality = {(f.x, f.y): assessed(f.quality, gate) for f in found.faces}
     # Past max_faces the most confident are kept, still in the backend's order (largest first).
     faces = r.Detections
     best = sorted(range(len(faces)), key=lambda i: faces[i].confidence, reverse=True)
@@ -105,7 +108,7 @@ async def detection(body: s.DetectionRequest, gw: Gateway = Depends(gateway)):
     return s.DetectionResponse(detections=[s.Detection(
         x=_f(faces[i].x), y=_f(faces[i].y), width=_f(faces[i].width),
         height=_f(faces[i].height), class_name=faces[i].class_name or "face",
-        confidence=_f(faces[i].confidence), quality=quality[i] if i < len(quality) else None)
+        confidence=_f(faces[i].confidence), quality=quality.get((faces[i].x, faces[i].y)))
         for i in kept])
 
 
