@@ -1,5 +1,7 @@
 """The FaceExtras service (proto/face_extras.proto): answers beyond LocalAI's protocol, over
 the engine that LocalAI's LoadModel loaded in the same process."""
+import pathlib
+
 import cv2
 import numpy as np
 
@@ -8,6 +10,8 @@ from face_contract.images import check_limits
 from face_contract.rpc import face_extras_pb2 as xpb
 from face_contract.rpc import face_extras_pb2_grpc as xpb_grpc
 from . import images
+from .models import quality
+from .models.arcface import l2_normalise
 from .server import BackendServicer, face_rpc, still_wanted
 
 MAX_ALIGNED_CROPS = 1000
@@ -43,9 +47,12 @@ class FaceExtrasServicer(xpb_grpc.FaceExtrasServicer):
         still_wanted(context)
         faces = engine.faces(img, request.all_faces, request.threshold)
         crops = engine.crops(img, faces) if faces and (
-            request.embeddings or request.aligned_crops) else []
-        vectors = engine.recognizer.embed_crops(crops) if crops and request.embeddings else None
+            request.embeddings or request.aligned_crops or request.quality) else []
+        raw = engine.recognizer.embed_raw(crops) if crops and (
+            request.embeddings or request.quality) else None
+        vectors = l2_normalise(raw) if raw is not None and request.embeddings else None
         reply = xpb.FacesReply(dim=engine.dim)
+        recognizer = pathlib.Path(engine.recognizer.path).stem  # whose scale the norm is on
         for i, face in enumerate(faces):
             x1, y1, x2, y2 = (float(v) for v in face.box)
             item = reply.faces.add(x=x1, y=y1, w=x2 - x1, h=y2 - y1, score=face.score,
@@ -54,6 +61,10 @@ class FaceExtrasServicer(xpb_grpc.FaceExtrasServicer):
                 item.embedding.extend(vectors[i].tolist())
             if request.aligned_crops:
                 item.aligned_crop = _png(crops[i])
+            if request.quality:
+                parts = quality.measure(face, img, crops[i], float(np.linalg.norm(raw[i])))
+                item.quality.score = quality.score(parts, recognizer)
+                item.quality.components.update(parts)
         return reply
 
     @face_rpc

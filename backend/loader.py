@@ -10,6 +10,7 @@ import numpy as np
 from . import images
 from .engine import FaceEngine
 from face_contract.errors import ModelLoadError
+from face_contract.quality import DEFAULT_GATE, GATE_LEVELS
 from .models import ArcFace, GenderAge, MiniFASNet, SCRFD, get_model
 from .models.face import Face
 from .models.minifasnet import LivenessEnsemble
@@ -168,6 +169,9 @@ def check_identify_options(options: dict) -> None:
                              f"threshold or fpir")
     if "fpir" in options and not 0 < _number(options, "fpir", 0) < 1:
         raise ModelLoadError(f"option fpir:{options['fpir']} must be a rate between 0 and 1")
+    if options.get("quality_gate", DEFAULT_GATE) not in GATE_LEVELS:  # the gateway's too
+        raise ModelLoadError(f"option quality_gate:{options['quality_gate']} is unknown: use "
+                             f"one of {', '.join(GATE_LEVELS)}")
 
 
 def warm_up(engine: FaceEngine) -> None:

@@ -6,8 +6,8 @@ identify threshold, bench/openset.py), person-level identify by aggregation rule
 (bench/persons.py, persons.md), group photos (bench/groups.py), clustering unknown faces
 (bench/clustering.py), liveness APCER/BPCER, UTKFace gender and age;
 beside them, on LFW fold 1, the verify endpoint, the same pipeline in-process and
-the face_recognition peer. Writes bench/results/accuracy.{md,json}, roc.png, distances.png,
-det.png.
+the face_recognition peer; face quality's EDC and enrolment gate (bench/quality.py). Writes
+bench/results/accuracy.{md,json}, roc.png, distances.png, det.png, quality.md, quality_edc.png.
 """
 import argparse
 import datetime
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from . import clustering, groups, metrics, openset, peer, persons, report
+from . import clustering, groups, metrics, openset, peer, persons, quality, report
 from .datasets import (Pair, b64, identities, labelled_faces, labels, lfw_pairs,
                        people_in_fixed_order, require_shared)
 from .pipeline import DEFAULT_THRESHOLD, PACK_NAME, Pipeline, PipelineError
@@ -100,7 +100,9 @@ def identify_set(svc: Service, store: str, people: dict[str, list[pathlib.Path]]
     """In its own store: register the first photo of each identity, identify the others."""
     def register(item):
         name, photos = item
-        r = svc.post("/v1/face/register", img=b64(photos[0]), name=name, store=store)
+        # The gate off: rank-1 measures the recognizer on every photo (bench/quality.py the gate).
+        r = svc.post("/v1/face/register", img=b64(photos[0]), name=name, store=store,
+                     quality_gate="off")
         return name if r.expect(f"register {photos[0].name}", 404).ok else None  # 404: no face
 
     def identify(probe):
@@ -328,6 +330,7 @@ def main(argv=None) -> None:
     print()
     print(report.accuracy_markdown(results))
     print("wrote " + ", ".join(str(w) for w in written))
+    print("\n".join(quality.run(args.out, args.quick, args.workers)))
 
 
 if __name__ == "__main__":

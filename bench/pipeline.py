@@ -63,6 +63,7 @@ class Pipeline:
             Model=PACK_NAME, Options=real_pack_options(), Threads=threads), _Context())
         if not result.success:
             raise SystemExit(f"in-process pipeline: {result.message}")
+        self._extras = FaceExtrasServicer(self._servicer)
         self._tmp = tempfile.TemporaryDirectory(prefix="face-bench-floor-")
         self._store = LocalStore(pathlib.Path(self._tmp.name) / "floor.sqlite3")
 
@@ -99,3 +100,9 @@ class Pipeline:
 
     def analyze(self, img: str) -> pb.FaceAnalyzeResponse:
         return self._servicer.FaceAnalyze(pb.FaceAnalyzeRequest(img=img), _Context())
+
+    def primary_face(self, img: str) -> xpb.Face | None:
+        """The primary face with its embedding and quality (None: no face)."""
+        reply = self._extras.Faces(xpb.FacesRequest(src=img, embeddings=True, quality=True),
+                                   _Context())
+        return reply.faces[0] if reply.faces else None

@@ -30,6 +30,8 @@ import time
 
 import httpx
 
+from face_contract.quality import GATE_LEVELS
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 SOURCE_LABEL = "source"
 PAGE_SIZE = 1000  # the registry listing's largest page
@@ -38,6 +40,8 @@ REDRAW_S = 0.2  # progress bar on a terminal
 LOG_EVERY_S = 2.0  # progress lines when stderr is a file or pipe
 # The gateway's 48 MiB body limit holds base64 text: 4/3 of the photo, plus the labels.
 DEFAULT_MAX_BYTES = 36 * 1024 * 1024
+# How register's 400 for a face below the quality gate begins its list of reasons.
+GATE_REFUSAL = "below the quality gate "
 
 
 def parse_args(argv) -> argparse.Namespace:
@@ -65,6 +69,13 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--cluster", action="store_true",
                    help="DIR holds unlabelled photos (in any folders): group them by face into "
                         "people named unknown-N (gateway/enroll_cluster.py)")
+    p.add_argument("--quality-gate", choices=GATE_LEVELS, default=None,
+                   help="refuse faces below this gate (default: the model's quality_gate, "
+                        "else medium); a refused photo is listed, not a failure of the run")
+    p.add_argument("--refused-csv", type=pathlib.Path, default=pathlib.Path("enroll-refused.csv"),
+                   metavar="CSV", help="where the photos refused by the quality gate are "
+                                       "listed with their reasons (default enroll-refused.csv, "
+                                       "written when any is refused)")
     args = p.parse_args(argv)
     if not args.dir.is_dir():
         p.error(f"{args.dir} is not a folder")
@@ -159,16 +170,19 @@ class Tally:
     registered: int = 0
     skipped: int = 0
     no_face: list[str] = dataclasses.field(default_factory=list)
+    refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # photo, why
     failed: list[str] = dataclasses.field(default_factory=list)
     started: float = dataclasses.field(default_factory=time.monotonic)
 
     @property
     def done(self) -> int:
-        return self.registered + self.skipped + len(self.no_face) + len(self.failed)
+        return (self.registered + self.skipped + len(self.no_face) + len(self.refused)
+                + len(self.failed))
 
     def summary(self) -> str:
         return (f"registered {self.registered}, skipped {self.skipped} (already registered), "
-                f"no face {len(self.no_face)}, failed {len(self.failed)} "
+                f"no face {len(self.no_face)}, refused by the quality gate "
+                f"{len(self.refused)}, failed {len(self.failed)} "
                 f"of {self.total} images in {time.monotonic() - self.started:.1f} s")
 
 
@@ -205,7 +219,8 @@ class Enroller:
         self.labels = read_label_csv(args.labels) if args.labels else {}
 
     def _scope(self) -> dict:
-        return {"model": self.args.model, **({"store": self.args.store} if self.args.store else {})}
+        return {"model": self.args.model, **({"store": self.args.store} if self.args.store else {}),
+                **({"quality_gate": self.args.quality_gate} if self.args.quality_gate else {})}
 
     async def _request(self, method: str, route: str, **kw) -> httpx.Response:
         """The response, after retrying 503s and failed connections with a growing pause.
@@ -279,8 +294,18 @@ class Enroller:
             persons.setdefault(folder, response.json()["person_id"])
         elif response.status_code == 404 and "no face" in _message(response):
             tally.no_face.append(relative)
+        elif response.status_code == 400 and GATE_REFUSAL in _message(response):
+            tally.refused.append((relative, _message(response).partition(GATE_REFUSAL)[2]))
         else:
             tally.failed.append(f"{relative}: HTTP {response.status_code} {_message(response)}")
+
+
+def write_refused(path: pathlib.Path, refused: list[tuple[str, str]]) -> None:
+    """file,reasons: one row per photo the quality gate refused."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "reasons"])
+        writer.writerows(sorted(refused))
 
 
 def _message(response: httpx.Response) -> str:
@@ -349,6 +374,11 @@ def main(argv=None) -> None:
                          f"to resume") from None
     for relative in tally.no_face:
         print(f"no face: {shown(relative)}")
+    for relative, why in sorted(tally.refused):
+        print(f"refused: {shown(relative)}: {shown(why)}")
+    if tally.refused:
+        write_refused(args.refused_csv, tally.refused)
+        print(f"refused photos and their reasons: {shown(str(args.refused_csv))}")
     for failure in tally.failed:
         print(f"failed: {shown(failure)}")
     print(tally.summary())

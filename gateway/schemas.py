@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from face_contract.errors import InvalidInput
+from face_contract.quality import GATE_LEVELS
 
 MAX_LABELS = 32
 MAX_LABEL_KEY = 64
@@ -33,6 +34,14 @@ StoreField = Field(None, max_length=MAX_ID,
 DistanceThreshold = Field(None, ge=0, le=2, allow_inf_nan=False,
                           description="cosine distance in (0, 2]; 0 or omitted: the model's "
                                       "default")
+QualityGateField = Field(
+    None, description="refuse a face below this quality gate (400 with the reasons): off, low, "
+                      "medium or high; omitted: the model's quality_gate option, else medium")
+MinQualityField = Field(None, ge=0, le=100, allow_inf_nan=False,
+                        description="refuse a probe whose quality score (0-100) is below this "
+                                    "(400 with the reasons) instead of answering a likely wrong "
+                                    "match; omitted: no bound")
+QualityGate = Literal[GATE_LEVELS]
 Action = Annotated[str, StringConstraints(max_length=MAX_ACTION)]
 ImageDoc = ("http(s) URL, data: URI or bare base64 image bytes (or, in a multipart/form-data "
             "request, the image file)")
@@ -89,6 +98,7 @@ class VerifyRequest(BaseModel):
     img2: str = Field(description=ImageDoc)
     threshold: float | None = DistanceThreshold
     anti_spoofing: bool = False
+    min_quality: float | None = MinQualityField
 
 
 class AnalyzeRequest(BaseModel):
@@ -132,6 +142,7 @@ class RegisterRequest(BaseModel):
         None, description=f"at most {MAX_LABELS} labels; keys up to {MAX_LABEL_KEY} and "
                           f"values up to {MAX_LABEL_VALUE} characters")
     store: str | None = StoreField
+    quality_gate: QualityGate | None = QualityGateField
 
     @field_validator("name")
     @classmethod
@@ -179,6 +190,7 @@ class IdentifyRequest(BaseModel):
                             "`faces`, one entry each, a person given to at most one face "
                             "(matches: the largest face's)")
     store: str | None = StoreField
+    min_quality: float | None = MinQualityField
 
 
 class PersonPatch(BaseModel):
@@ -240,6 +252,17 @@ class FacialArea(BaseModel):
     h: float
 
 
+class FaceQuality(BaseModel):
+    score: float = Field(description="0-100: how likely the face is to be recognised (fitted "
+                                     "to predict failed genuine comparisons)")
+    components: dict[str, float] = Field(
+        description="what the score is made of: inter_eye_px, yaw, pitch, roll (degrees), "
+                    "sharpness, brightness (0-255), clipped (share of pixels), blockiness "
+                    "(JPEG blocking), detector_score, embedding_norm")
+    reasons: list[str] = Field(description="what keeps the face below the quality gate, each "
+                                           "with its measured value and bound; empty: none")
+
+
 class VerifyResponse(BaseModel):
     verified: bool
     distance: float
@@ -256,6 +279,8 @@ class VerifyResponse(BaseModel):
     failed_liveness: list[Literal["img1", "img2"]] | None = Field(
         None, description="with anti_spoofing: the images judged not real, which forced "
                           "`verified` to false; left out when both passed")
+    img1_quality: FaceQuality | None = None
+    img2_quality: FaceQuality | None = None
 
 
 class FaceAnalysis(BaseModel):
@@ -270,6 +295,7 @@ class FaceAnalysis(BaseModel):
     race: dict[str, float] | None = None
     is_real: bool | None = None
     antispoof_score: float | None = None
+    quality: FaceQuality | None = None
 
 
 class AnalyzeResponse(BaseModel):
@@ -292,6 +318,8 @@ class RegisterResponse(BaseModel):
     person_id: str = Field(description="the person the photo(s) belong to")
     ids: list[str] | None = Field(None, description="with imgs: every record's id, in the "
                                                     "order of imgs (one id with template)")
+    quality: list[FaceQuality] | None = Field(None, description="each photo's face quality, "
+                                                                "in the order sent")
 
 
 class IdentifyMatch(BaseModel):
@@ -317,6 +345,7 @@ class IdentifyResponse(BaseModel):
     fpir: float | None = Field(None, description="match_policy fpir: the target it was derived for")
     gallery_size: int | None = Field(None, description="match_policy fpir: people of this "
                                                        "model in the store it was derived for")
+    quality: FaceQuality | None = Field(None, description="the probe face's quality")
 
 
 class Detection(BaseModel):
@@ -326,6 +355,9 @@ class Detection(BaseModel):
     height: float
     class_name: str
     confidence: float
+    quality: FaceQuality | None = Field(
+        None, description="an extra field beside LocalAI's; faces at or above the model's own "
+                          "detection floor only (not those a lower `threshold` adds)")
 
 
 class DetectionResponse(BaseModel):

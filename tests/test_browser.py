@@ -265,3 +265,40 @@ def test_the_people_view_adds_photos_merges_and_forgets_with_a_confirmation(page
     assert page.inner_text("#registry .count") == "(1)"
     page.screenshot(path=ARTIFACTS / "page-people.png", full_page=True)
     assert page.blocked == []
+
+
+def test_face_boxes_show_their_quality_and_a_refused_registration_its_reasons(page, gateway):
+    page.goto(gateway + "/")
+    page.wait_for_selector("#model option[value='test-pack']", state="attached")
+    page.set_input_files("#analyze input[type=file]", TRAIN / "obama" / "obama.jpg")
+    page.click("#analyze button[type=submit]")
+    analysis = page.wait_for_selector("#analyze .result .face").inner_text()
+    assert "quality" in analysis
+    label = page.get_attribute("#analyze [data-field=img] canvas", "aria-label")
+    assert label.startswith("1 · q ") and int(label.split("q ")[1].split()[0]) > 10, label
+    page.screenshot(path=ARTIFACTS / "page-quality.png", full_page=True)
+
+    # A face far too small for the gate: nothing is registered, and the page says why.
+    page.set_input_files("#register input[type=file]", files=[{
+        "name": "tiny.png", "mimeType": "image/png", "buffer": tiny_face_png(gateway)}])
+    page.fill("#register input[name=name]", "Too Small")
+    page.click("#register button[type=submit]")
+    error = page.wait_for_selector("#register .result.error").inner_text()
+    assert "below the quality gate medium: SMALL_FACE: inter-eye distance" in error, error
+    assert "needs at least 28" in error
+    page.screenshot(path=ARTIFACTS / "page-quality-refused.png", full_page=True)
+    registry = httpx.get(gateway + "/v1/face/registry", params={"name": "Too Small"}).json()
+    assert registry["total"] == 0
+
+
+def tiny_face_png(gateway: str) -> bytes:
+    """obama.jpg shrunk until the eyes are 15 px apart."""
+    import base64
+    import cv2
+    photo = TRAIN / "obama" / "obama.jpg"
+    found = httpx.post(gateway + "/v1/detection", timeout=60, json={
+        "image": base64.b64encode(photo.read_bytes()).decode()}).json()["detections"][0]
+    scale = 15 / found["quality"]["components"]["inter_eye_px"]
+    img = cv2.imread(str(photo))
+    small = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return cv2.imencode(".png", small)[1].tobytes()

@@ -66,3 +66,25 @@ def test_no_face_is_an_empty_list_not_an_error(stubs):
     blank = cv2.imencode(".png", np.full((64, 64, 3), 128, np.uint8))[1].tobytes()
     reply = extras.Faces(xpb.FacesRequest(src=base64.b64encode(blank).decode()), timeout=60)
     assert list(reply.faces) == []
+
+
+def test_faces_answers_each_face_quality_when_asked(stubs):
+    _, extras = stubs
+    plain = extras.Faces(xpb.FacesRequest(src=image_b64(OBAMA)), timeout=60).faces[0]
+    assert not plain.HasField("quality")  # costs an embedding run: only when asked
+    face = extras.Faces(xpb.FacesRequest(src=image_b64(OBAMA), quality=True), timeout=60).faces[0]
+    parts = dict(face.quality.components)
+    assert set(parts) == {"inter_eye_px", "yaw", "pitch", "roll", "sharpness", "brightness",
+                          "clipped", "blockiness", "detector_score", "embedding_norm"}
+    assert 0 < face.quality.score <= 100 and parts["detector_score"] == pytest.approx(face.score)
+    eyes = np.subtract(face.landmarks[2:4], face.landmarks[0:2])
+    assert parts["inter_eye_px"] == pytest.approx(float(np.linalg.norm(eyes)), rel=1e-4)
+    # A quarter of the size: a quarter of the inter-eye distance; a heavy blur: no sharpness.
+    img = cv2.imread(str(OBAMA))
+    small = cv2.resize(img, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+    blurred = cv2.GaussianBlur(img, (0, 0), 4)
+    for changed, name in ((small, "inter_eye_px"), (blurred, "sharpness")):
+        src = base64.b64encode(cv2.imencode(".png", changed)[1].tobytes()).decode()
+        worse = extras.Faces(xpb.FacesRequest(src=src, quality=True), timeout=60).faces[0]
+        assert worse.quality.components[name] < parts[name] * (0.3 if name == "inter_eye_px"
+                                                                else 0.2)

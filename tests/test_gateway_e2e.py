@@ -65,17 +65,19 @@ def test_default_model_is_loaded_before_the_first_request(gw):
     assert model["loaded"] and model["pid"] > 0
 
 
-# -- PROTOCOL section 2, field for field -------------------------------------------------------
+# -- PROTOCOL section 2, field for field (plus each face's quality, issue 18) -------------------
 
 AREA = {"x": float, "y": float, "w": float, "h": float}
+QUALITY = {"score": float, "components": dict, "reasons": list}
 VERIFY = {"verified": bool, "distance": float, "threshold": float, "confidence": float,
-          "model": str, "img1_area": AREA, "img2_area": AREA, "processing_time_ms": float}
+          "model": str, "img1_area": AREA, "img2_area": AREA, "processing_time_ms": float,
+          "img1_quality": QUALITY, "img2_quality": QUALITY}
 LIVENESS = {"img1_is_real": bool, "img1_antispoof_score": float,
             "img2_is_real": bool, "img2_antispoof_score": float}
 FACE = {"region": AREA, "face_confidence": float, "age": float, "dominant_gender": str,
-        "gender": {"Woman": float, "Man": float}}
+        "gender": {"Woman": float, "Man": float}, "quality": QUALITY}
 DETECTION = {"x": float, "y": float, "width": float, "height": float, "class_name": str,
-             "confidence": float}
+             "confidence": float, "quality": QUALITY}
 MATCH = {"id": str, "name": str, "labels": dict, "distance": float, "confidence": float,
          "match": bool, "person_id": str}
 ITEM = {"id": str, "name": str, "labels": dict, "model": str, "registered_at": str,
@@ -114,7 +116,8 @@ def test_route_json_matches_protocol(gw):
                  {**VERIFY, **LIVENESS})
     assert_shape(ok(gw.post("/v1/face/analyze", json={"img": img})), {"faces": [FACE]})
     assert_shape(ok(gw.post("/v1/face/analyze", json={"img": img, "actions": ["age"]})),
-                 {"faces": [{"region": AREA, "face_confidence": float, "age": float}]})
+                 {"faces": [{"region": AREA, "face_confidence": float, "age": float,
+                             "quality": QUALITY}]})
     assert_shape(ok(gw.post("/v1/face/analyze", json={"img": live, "anti_spoofing": True})),
                  {"faces": [{**FACE, "is_real": bool, "antispoof_score": float}]})
     embed = ok(gw.post("/v1/face/embed", json={"img": img}))
@@ -124,19 +127,21 @@ def test_route_json_matches_protocol(gw):
     assert_shape(ok(gw.post("/v1/detection", json={"image": img})), {"detections": [DETECTION]})
     reg = ok(gw.post("/v1/face/register", json={"img": img, "name": "shape-check",
                                                 "labels": {"role": "schema"}}))
-    assert_shape(reg, {"id": str, "name": str, "registered_at": str, "person_id": str})
+    assert_shape(reg, {"id": str, "name": str, "registered_at": str, "person_id": str,
+                       "quality": [QUALITY]})
     assert_shape(ok(gw.post("/v1/face/identify", json={"img": img, "top_k": 1})),
                  {"matches": [MATCH], "threshold": float, "match_policy": str,
-                  "threshold_source": str})
+                  "threshold_source": str, "quality": QUALITY})
     assert_shape(ok(gw.post("/v1/face/identify", json={"img": img, "top_k": 1,
                                                        "match_policy": "fpir"})),
                  {"matches": [MATCH], "threshold": float, "match_policy": str,
-                  "threshold_source": str, "fpir": float, "gallery_size": int})
+                  "threshold_source": str, "fpir": float, "gallery_size": int,
+                  "quality": QUALITY})
     listing = ok(gw.get("/v1/face/registry", params={"name": "shape-check"}))
     assert_shape(listing, {"items": [ITEM], "total": int, "people": int})
     assert_shape(ok(gw.post("/v1/face/identify", json={"img": img, "group_by": "person"})),
                  {"matches": [{**MATCH, "faces": int}], "threshold": float, "match_policy": str,
-                  "threshold_source": str})
+                  "threshold_source": str, "quality": QUALITY})
     assert_shape(ok(gw.get(f"/v1/face/people/{reg['person_id']}")),
                  {"person_id": str, "name": str, "labels": dict, "model": str,
                   "created_at": str, "faces": int,

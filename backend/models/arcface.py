@@ -35,7 +35,12 @@ class ArcFace:
         return norm_crop(img, face.kps, self.input_size)
 
     def embed_crops(self, crops) -> np.ndarray:
-        """L2-normalised embeddings [N, D] of aligned crops.
+        """L2-normalised embeddings [N, D] of aligned crops."""
+        return l2_normalise(self.embed_raw(crops))
+
+    def embed_raw(self, crops) -> np.ndarray:
+        """The recognizer's outputs [N, D] before normalisation: their norm tracks how
+        recognisable a face is (face quality).
 
         One crop per run: on the CPU a batch of two took 1.5x as long as two single
         runs (MobileFaceNet, onnxruntime 1.32), so batching would only add latency.
@@ -43,4 +48,4 @@ class ArcFace:
         size = (self.input_size, self.input_size)
         blob = cv2.dnn.blobFromImages(crops, 1.0 / self.std, size, (self.mean,) * 3, swapRB=True)
         out = [self.session.run([self.output_name], {self.input_name: b[None]})[0] for b in blob]
-        return l2_normalise(np.vstack(out).reshape(len(crops), -1))
+        return np.vstack(out).reshape(len(crops), -1).astype(np.float32)

@@ -28,6 +28,10 @@ class SFace:
             return self.recognizer.alignCrop(img, yunet_row(face))
 
     def embed_crops(self, crops) -> np.ndarray:
+        return l2_normalise(self.embed_raw(crops))
+
+    def embed_raw(self, crops) -> np.ndarray:
+        """Features before normalisation (their norm feeds face quality)."""
         with self._lock:
             feats = [self.recognizer.feature(c).reshape(-1) for c in crops]
-        return l2_normalise(np.vstack(feats))
+        return np.vstack(feats).astype(np.float32)

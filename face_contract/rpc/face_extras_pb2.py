@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x66\x61\x63\x65_extras.proto\x12\nfaceextras\"\x83\x01\n\x0c\x46\x61\x63\x65sRequest\x12\x0b\n\x03src\x18\x01 \x01(\t\x12\x11\n\tall_faces\x18\x02 \x01(\x08\x12\x12\n\nembeddings\x18\x03 \x01(\x08\x12\x15\n\raligned_crops\x18\x04 \x01(\x08\x12\x11\n\tthreshold\x18\x05 \x01(\x02\x12\x15\n\rModelIdentity\x18\x06 \x01(\t\"\x84\x01\n\x07Quality\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x37\n\ncomponents\x18\x02 \x03(\x0b\x32#.faceextras.Quality.ComponentsEntry\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xa3\x01\n\x04\x46\x61\x63\x65\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\t\n\x01w\x18\x03 \x01(\x02\x12\t\n\x01h\x18\x04 \x01(\x02\x12\r\n\x05score\x18\x05 \x01(\x02\x12\x11\n\tlandmarks\x18\x06 \x03(\x02\x12\x11\n\tembedding\x18\x07 \x03(\x02\x12\x14\n\x0c\x61ligned_crop\x18\x08 \x01(\x0c\x12$\n\x07quality\x18\t \x01(\x0b\x32\x13.faceextras.Quality\":\n\nFacesReply\x12\x1f\n\x05\x66\x61\x63\x65s\x18\x01 \x03(\x0b\x32\x10.faceextras.Face\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\"6\n\x0e\x41lignedRequest\x12\r\n\x05\x63rops\x18\x01 \x03(\x0c\x12\x15\n\rModelIdentity\x18\x02 \x01(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"F\n\x0c\x41lignedReply\x12)\n\nembeddings\x18\x01 \x03(\x0b\x32\x15.faceextras.Embedding\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x32\x91\x01\n\nFaceExtras\x12;\n\x05\x46\x61\x63\x65s\x12\x18.faceextras.FacesRequest\x1a\x16.faceextras.FacesReply\"\x00\x12\x46\n\x0c\x45mbedAligned\x12\x1a.faceextras.AlignedRequest\x1a\x18.faceextras.AlignedReply\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x66\x61\x63\x65_extras.proto\x12\nfaceextras\"\x94\x01\n\x0c\x46\x61\x63\x65sRequest\x12\x0b\n\x03src\x18\x01 \x01(\t\x12\x11\n\tall_faces\x18\x02 \x01(\x08\x12\x12\n\nembeddings\x18\x03 \x01(\x08\x12\x15\n\raligned_crops\x18\x04 \x01(\x08\x12\x11\n\tthreshold\x18\x05 \x01(\x02\x12\x15\n\rModelIdentity\x18\x06 \x01(\t\x12\x0f\n\x07quality\x18\x07 \x01(\x08\"\x84\x01\n\x07Quality\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x37\n\ncomponents\x18\x02 \x03(\x0b\x32#.faceextras.Quality.ComponentsEntry\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xa3\x01\n\x04\x46\x61\x63\x65\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\t\n\x01w\x18\x03 \x01(\x02\x12\t\n\x01h\x18\x04 \x01(\x02\x12\r\n\x05score\x18\x05 \x01(\x02\x12\x11\n\tlandmarks\x18\x06 \x03(\x02\x12\x11\n\tembedding\x18\x07 \x03(\x02\x12\x14\n\x0c\x61ligned_crop\x18\x08 \x01(\x0c\x12$\n\x07quality\x18\t \x01(\x0b\x32\x13.faceextras.Quality\":\n\nFacesReply\x12\x1f\n\x05\x66\x61\x63\x65s\x18\x01 \x03(\x0b\x32\x10.faceextras.Face\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\"6\n\x0e\x41lignedRequest\x12\r\n\x05\x63rops\x18\x01 \x03(\x0c\x12\x15\n\rModelIdentity\x18\x02 \x01(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"F\n\x0c\x41lignedReply\x12)\n\nembeddings\x18\x01 \x03(\x0b\x32\x15.faceextras.Embedding\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x32\x91\x01\n\nFaceExtras\x12;\n\x05\x46\x61\x63\x65s\x12\x18.faceextras.FacesRequest\x1a\x16.faceextras.FacesReply\"\x00\x12\x46\n\x0c\x45mbedAligned\x12\x1a.faceextras.AlignedRequest\x1a\x18.faceextras.AlignedReply\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUALITY_COMPONENTSENTRY']._loaded_options = None
   _globals['_QUALITY_COMPONENTSENTRY']._serialized_options = b'8\001'
   _globals['_FACESREQUEST']._serialized_start=34
-  _globals['_FACESREQUEST']._serialized_end=165
-  _globals['_QUALITY']._serialized_start=168
-  _globals['_QUALITY']._serialized_end=300
-  _globals['_QUALITY_COMPONENTSENTRY']._serialized_start=251
-  _globals['_QUALITY_COMPONENTSENTRY']._serialized_end=300
-  _globals['_FACE']._serialized_start=303
-  _globals['_FACE']._serialized_end=466
-  _globals['_FACESREPLY']._serialized_start=468
-  _globals['_FACESREPLY']._serialized_end=526
-  _globals['_ALIGNEDREQUEST']._serialized_start=528
-  _globals['_ALIGNEDREQUEST']._serialized_end=582
-  _globals['_EMBEDDING']._serialized_start=584
-  _globals['_EMBEDDING']._serialized_end=611
-  _globals['_ALIGNEDREPLY']._serialized_start=613
-  _globals['_ALIGNEDREPLY']._serialized_end=683
-  _globals['_FACEEXTRAS']._serialized_start=686
-  _globals['_FACEEXTRAS']._serialized_end=831
+  _globals['_FACESREQUEST']._serialized_end=182
+  _globals['_QUALITY']._serialized_start=185
+  _globals['_QUALITY']._serialized_end=317
+  _globals['_QUALITY_COMPONENTSENTRY']._serialized_start=268
+  _globals['_QUALITY_COMPONENTSENTRY']._serialized_end=317
+  _globals['_FACE']._serialized_start=320
+  _globals['_FACE']._serialized_end=483
+  _globals['_FACESREPLY']._serialized_start=485
+  _globals['_FACESREPLY']._serialized_end=543
+  _globals['_ALIGNEDREQUEST']._serialized_start=545
+  _globals['_ALIGNEDREQUEST']._serialized_end=599
+  _globals['_EMBEDDING']._serialized_start=601
+  _globals['_EMBEDDING']._serialized_end=628
+  _globals['_ALIGNEDREPLY']._serialized_start=630
+  _globals['_ALIGNEDREPLY']._serialized_end=700
+  _globals['_FACEEXTRAS']._serialized_start=703
+  _globals['_FACEEXTRAS']._serialized_end=848
 # @@protoc_insertion_point(module_scope)

@@ -46,17 +46,21 @@ class Gateway:
                                  large={"Images": [image]}, **{"Images[0]": field})
         return list(result.embeddings)
 
-    async def embedding_and_crop(self, model: str, img: str,
-                                 field: str = "img") -> tuple[list[float], bytes]:
-        """The primary face's embedding and its aligned crop (PNG), from one detection: the
-        crop embeds as the photo does (FaceExtras' EmbedAligned)."""
-        image = await image_b64(img, field, self.fetcher)
-        reply = await self.call(model, "Faces", xpb.FacesRequest(embeddings=True,
-                                                                 aligned_crops=True),
-                                large={"src": image}, src=field)
+    async def faces(self, model: str, image: str, field: str, **asked) -> xpb.FacesReply:
+        """FaceExtras' Faces, each face with its quality, of an image already read (image_b64).
+        asked: FacesRequest's other fields."""
+        return await self.call(model, "Faces", xpb.FacesRequest(quality=True, **asked),
+                               large={"src": image}, src=field)
+
+    async def primary_face(self, model: str, img: str, field: str = "img",
+                           aligned_crops: bool = False) -> xpb.Face:
+        """The primary face of a photo, with its embedding and quality (and its aligned crop,
+        which embeds as the photo does: FaceExtras' EmbedAligned), in one backend call."""
+        reply = await self.faces(model, await image_b64(img, field, self.fetcher), field,
+                                 embeddings=True, aligned_crops=aligned_crops)
         if not reply.faces:
             raise NoFace(f"no face found in {field}")
-        return list(reply.faces[0].embedding), reply.faces[0].aligned_crop
+        return reply.faces[0]
 
 
 async def gateway(request: Request) -> Gateway:

@@ -10,9 +10,11 @@ from face_contract.similarity import confidence
 
 from .. import schemas as s
 from ..middleware.multipart import form_schema
+from ..quality import gate_of
 from ..registry import Filters, PersonFilters, Record, fingerprint, openset, persons, require
 from .common import Gateway, _f, api, face, gateway
 from .groups import identify_all_faces
+from .quality import assessed, refuse_below, refuse_below_gate
 
 
 @api.post("/v1/face/register", response_model=s.RegisterResponse,
@@ -20,7 +22,15 @@ from .groups import identify_all_faces
 async def register(body: s.RegisterRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     store = require(gw.stores, body.store)
-    vectors, crops = await _embedded(gw, model, body.photos())
+    photos = body.photos()
+    found = await asyncio.gather(*(gw.primary_face(model, img, field, gw.keep_crops)
+                                   for field, img in photos))
+    gate = gate_of(gw.backends.config(model), body.quality_gate)
+    qualities = [assessed(f.quality, gate) for f in found]
+    for (field, _), quality in zip(photos, qualities):  # before anything is stored
+        refuse_below_gate(quality, field, gate)
+    vectors = [list(f.embedding) for f in found]
+    crops = [f.aligned_crop if gw.keep_crops else None for f in found]
     if body.template:  # Record.new normalises the mean of the unit vectors again
         # No one crop rebuilds a mean of several photos: a template keeps none.
         vectors, crops = [np.mean(np.asarray(vectors, dtype=np.float32), axis=0)], [None]
@@ -35,18 +45,8 @@ async def register(body: s.RegisterRequest, gw: Gateway = Depends(gateway)):
     first = records[0]
     return s.RegisterResponse(id=first.id, name=first.name, registered_at=first.registered_at,
                               person_id=person_id,
-                              ids=[r.id for r in records] if body.imgs is not None else None)
-
-
-async def _embedded(gw: Gateway, model: str, photos) -> tuple[list, list]:
-    """Each photo's embedding, and its aligned crop with --keep-crops (else None)."""
-    if not gw.keep_crops:
-        vectors = await asyncio.gather(*(gw.embedding(model, img, field)
-                                         for field, img in photos))
-        return vectors, [None] * len(vectors)
-    kept = await asyncio.gather(*(gw.embedding_and_crop(model, img, field)
-                                  for field, img in photos))
-    return [vector for vector, _ in kept], [crop for _, crop in kept]
+                              ids=[r.id for r in records] if body.imgs is not None else None,
+                              quality=qualities)
 
 
 @api.post("/v1/face/identify", response_model=s.IdentifyResponse,
@@ -59,7 +59,10 @@ async def identify(body: s.IdentifyRequest, gw: Gateway = Depends(gateway)):
         body.match_policy, body.fpir, lambda: store.count_persons(PersonFilters(model=model)))
     if body.all_faces:
         return await identify_all_faces(body, gw, model, store, decision)
-    vector = await gw.embedding(model, body.img)
+    probe = await gw.primary_face(model, body.img)
+    quality = assessed(probe.quality, gate_of(gw.backends.config(model), None))
+    refuse_below(quality, "img", body.min_quality)
+    vector = list(probe.embedding)
     threshold = decision.threshold
     recognizer = await asyncio.to_thread(fingerprint.fingerprint, gw.backends.config(model))
 
@@ -85,7 +88,8 @@ async def identify(body: s.IdentifyRequest, gw: Gateway = Depends(gateway)):
     matches = [match(*row) for row in rows]
     return s.IdentifyResponse(
         matches=matches, threshold=_f(threshold), match_policy=decision.policy,
-        threshold_source=decision.source, fpir=decision.fpir, gallery_size=decision.gallery_size)
+        threshold_source=decision.source, fpir=decision.fpir, gallery_size=decision.gallery_size,
+        quality=quality)
 
 
 @api.post("/v1/face/forget", status_code=204, response_class=Response)

@@ -105,6 +105,8 @@ class Photo {
     ctx.drawImage(this.image, 0, 0, this.canvas.width, this.canvas.height);
     ctx.lineWidth = 3;
     ctx.font = "600 14px system-ui, sans-serif";
+    // What the boxes say, for screen readers (and tests): a canvas has no text of its own.
+    this.canvas.setAttribute("aria-label", boxes.map((b) => b.label).filter(Boolean).join("; "));
     for (const box of boxes) {
       const [x, y, w, h] = [box.x, box.y, box.w, box.h].map((v) => v * this.scale);
       ctx.strokeStyle = ctx.fillStyle = box.good === false ? "#e5484d" : "#30a46c";
@@ -193,6 +195,13 @@ function facts(pairs) {
 const pct = (v) => `${(v * 100).toFixed(1)}%`;  // a 0-1 score
 const of100 = (v) => `${v.toFixed(1)}%`;  // confidence and gender scores are 0-100
 const box = (area, label, good) => ({ x: area.x, y: area.y, w: area.w, h: area.h, label, good });
+// A face's quality on its box ("q 87", then the codes of the reasons it is below the gate)
+// and as rows of facts (each reason in full, with its measured value and bound).
+const qualityLabel = (q) => !q ? "" :
+  [`q ${Math.round(q.score)}`, ...new Set(q.reasons.map((r) => r.split(":")[0]))].join(" ");
+const qualityRows = (q, name = "quality") => !q ? [] : [[name, Math.round(q.score)],
+  ...q.reasons.map((reason) => ["below the gate", reason])];
+const joined = (...parts) => parts.filter(Boolean).join(" · ");
 
 section("verify", async (photos, data) => {
   const live = data.get("anti_spoofing") === "true";
@@ -203,10 +212,13 @@ section("verify", async (photos, data) => {
   for (const n of [1, 2]) {
     const real = r[`img${n}_is_real`];
     const label = real === undefined ? "" : real ? "real" : "spoof";
-    photos[`img${n}`].draw([box(r[`img${n}_area`], label, r.verified && real !== false)]);
+    const q = r[`img${n}_quality`];
+    photos[`img${n}`].draw([box(r[`img${n}_area`], joined(label, qualityLabel(q)),
+                                r.verified && real !== false)]);
   }
   const rows = [["distance", r.distance.toFixed(3)], ["threshold", r.threshold],
-                ["confidence", of100(r.confidence)], ["model", r.model]];
+                ["confidence", of100(r.confidence)], ["model", r.model],
+                ...qualityRows(r.img1_quality, "quality 1"), ...qualityRows(r.img2_quality, "quality 2")];
   if (live) rows.push(["liveness", `${r.img1_is_real ? "real" : "spoof"} / ${r.img2_is_real ? "real" : "spoof"}`]);
   return [el("p", { className: `verdict ${r.verified ? "same" : "different"}` },
              r.verified ? "Same person" : "Different people"), facts(rows)];
@@ -216,12 +228,13 @@ section("analyze", async (photos, data) => {
   const live = data.get("anti_spoofing") === "true";
   const r = await api("POST", "/v1/face/analyze", form({
     img: photos.img.required("the photo"), anti_spoofing: live ? "true" : "" }));
-  photos.img.draw(r.faces.map((f, i) => box(f.region, `${i + 1}`, f.is_real !== false)));
+  photos.img.draw(r.faces.map((f, i) => box(f.region, joined(`${i + 1}`, qualityLabel(f.quality)),
+                                            f.is_real !== false && !f.quality?.reasons.length)));
   if (!r.faces.length) return [el("p", {}, "No face found.")];
   return r.faces.map((f, i) => {
     const rows = [["age", f.age === undefined ? "–" : Math.round(f.age)],
                   ["gender", f.dominant_gender ? `${f.dominant_gender} (${pct(f.gender[f.dominant_gender])})` : "–"],
-                  ["face score", pct(f.face_confidence)]];
+                  ["face score", pct(f.face_confidence)], ...qualityRows(f.quality)];
     if (live) rows.push(["liveness", `${f.is_real ? "real" : "spoof"} (${pct(f.antispoof_score)})`]);
     return el("div", { className: "face" }, el("h3", {}, `Face ${i + 1}`), facts(rows));
   });
@@ -243,7 +256,8 @@ section("register", async (photos, data) => {
     img: photos.img.required("the photo"), name: data.get("name"),
     labels: Object.keys(labels).length ? JSON.stringify(labels) : "" }));
   refreshLists();
-  return [el("p", { className: "ok" }, `Registered ${r.name}`), facts([["id", r.id]])];
+  return [el("p", { className: "ok" }, `Registered ${r.name}`),
+          facts([["id", r.id], ...qualityRows(r.quality?.[0])])];
 });
 
 section("identify", async (photos, data) => {
@@ -251,13 +265,14 @@ section("identify", async (photos, data) => {
   const r = await api("POST", "/v1/face/identify", form({
     img: photos.img.required("the photo"), top_k: data.get("top_k"), all_faces: every ? "true" : "" }));
   if (every) return groupPhoto(photos.img, r.faces);
-  if (!r.matches.length) return [el("p", {}, "Nobody is registered for this model yet.")];
+  const probe = facts(qualityRows(r.quality, "probe quality"));
+  if (!r.matches.length) return [el("p", {}, "Nobody is registered for this model yet."), probe];
   const rows = r.matches.map((m, i) => el("tr", { className: m.match ? "match" : "" },
     el("td", {}, `${i + 1}`), el("td", { className: "name" }, m.name), el("td", {}, m.distance.toFixed(3)),
     el("td", {}, of100(m.confidence)), el("td", {}, m.match ? "match" : "no match")));
   return [el("table", { className: "matches" },
     el("thead", {}, el("tr", {}, ...["#", "Name", "Distance", "Confidence", ""].map((h) => el("th", {}, h)))),
-    el("tbody", {}, ...rows))];
+    el("tbody", {}, ...rows)), probe];
 });
 
 // Every face of a group photo, its box labelled with the person given to it (or "unknown").
