@@ -188,5 +188,5 @@ def test_every_openapi_example_is_a_request_that_works(gw):
             assert re.search(r"no (face|registered face|person) ", response.text), response.text
         else:
             assert response.status_code in (200, 204), (path, response.text)
-    assert tried == 11  # verify analyze embed register identify forget, 2 detections, merge
-    # move, cluster
+    assert tried == 12  # verify analyze embed register identify forget, 2 detections, merge
+    # move, cluster, reembed

@@ -23,11 +23,11 @@ async def verify(body: s.VerifyRequest, gw: Gateway = Depends(gateway)):
     img2 = await image_b64(body.img2, "img2", gw.fetcher)
     gate = gate_of(gw.backends.config(model), None)
     # LocalAI's FaceVerify answers as before; each probe's quality comes from FaceExtras.
-    r, *probes = await asyncio.gather(
-        gw.backends.call(model, "FaceVerify", pb.FaceVerifyRequest(
-            threshold=body.threshold or 0.0, anti_spoofing=body.anti_spoofing),
-            large={"img1": img1, "img2": img2}),
-        gw.faces(model, img1, "img1"), gw.faces(model, img2, "img2"))
+    # One call after the other: a backend request holds copies of its images until answered.
+    r = await gw.backends.call(model, "FaceVerify", pb.FaceVerifyRequest(
+        threshold=body.threshold or 0.0, anti_spoofing=body.anti_spoofing),
+        large={"img1": img1, "img2": img2})
+    probes = await asyncio.gather(gw.faces(model, img1, "img1"), gw.faces(model, img2, "img2"))
     quality = {}
     for field, probe in zip(("img1", "img2"), probes):  # FaceVerify found a face in each
         quality[f"{field}_quality"] = assessed(probe.faces[0].quality, gate)
@@ -52,10 +52,10 @@ async def verify(body: s.VerifyRequest, gw: Gateway = Depends(gateway)):
 async def analyze(body: s.AnalyzeRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     img = await image_b64(body.img, "img", gw.fetcher)
-    r, found = await asyncio.gather(
-        gw.backends.call(model, "FaceAnalyze", pb.FaceAnalyzeRequest(
-            actions=body.actions or [], anti_spoofing=body.anti_spoofing), large={"img": img}),
-        gw.faces(model, img, "img", all_faces=True))
+    # One call after the other: a backend request holds copies of its image until answered.
+    r = await gw.backends.call(model, "FaceAnalyze", pb.FaceAnalyzeRequest(
+        actions=body.actions or [], anti_spoofing=body.anti_spoofing), large={"img": img})
+    found = await gw.faces(model, img, "img", all_faces=True)
     gate = gate_of(gw.backends.config(model), None)
     # The same detector at the same floor, largest first: the faces pair up in order.
     quality = [assessed(f.quality, gate) for f in found.faces]
@@ -92,12 +92,12 @@ async def embed(body: s.EmbedRequest, gw: Gateway = Depends(gateway)):
 async def detection(body: s.DetectionRequest, gw: Gateway = Depends(gateway)):
     model = gw.backends.resolve(body.model)
     image = await image_b64(body.image, "image", gw.fetcher)
-    r, found = await asyncio.gather(
-        gw.call(model, "Detect", pb.DetectOptions(threshold=body.threshold or 0.0),
-                large={"src": image}, src="image"),
-        # Quality of the faces at the model's own floor only: a low `threshold` finds many
-        # boxes, and each quality costs an embedding run.
-        gw.faces(model, image, "image", all_faces=True))
+    # One call after the other: a backend request holds copies of its image until answered.
+    r = await gw.call(model, "Detect", pb.DetectOptions(threshold=body.threshold or 0.0),
+                      large={"src": image}, src="image")
+    # Quality of the faces at the model's own floor only: a low `threshold` finds many
+    # boxes, and each quality costs an embedding run.
+    found = await gw.faces(model, image, "image", all_faces=True)
     gate = gate_of(gw.backends.config(model), None)
     # The same detector on the same image: a face is the same box in both answers.
     quality = {(f.x, f.y): assessed(f.quality, gate) for f in found.faces}
