@@ -198,7 +198,7 @@ def test_enroll_on_a_hostile_folder(gw, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     tree = tmp_path / "people"
-    for name, files in list(people(2).items())[:20]:  # 40 photos: the first run takes a while
+    for name, files in list(people(2).items())[:100]:  # 200 photos: the first run takes a while
         (tree / name).mkdir(parents=True)
         for f in files[:2]:
             shutil.copy(LFW / f, tree / name / f.split("/")[-1])
