@@ -180,11 +180,12 @@ def write_pgvector(dsn: str, vectors: np.ndarray) -> float:
         definition = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
                                   (index,)).fetchone()[0]
         conn.execute(f"DROP INDEX {index}")  # a bulk build is far faster than N inserts
-        with conn.cursor().copy("COPY face_records FROM STDIN") as copy:
-            for i in range(1, len(vectors)):
+        with conn.cursor().copy("COPY face_records (id, name, labels, model, dimension,"
+                                " embedding, registered_at, person_id) FROM STDIN") as copy:
+            for i in range(1, len(vectors)):  # each face a person of its own
                 copy.write_row((str(uuid.UUID(int=i)), f"p{i}", "{}", "m", d,
                                 "[" + ",".join(map(repr, vectors[i].tolist())) + "]",
-                                "2026-01-01T00:00:00.000Z"))
+                                "2026-01-01T00:00:00.000Z", str(uuid.UUID(int=i))))
         conn.execute("SET maintenance_work_mem = '2GB'")
         started = time.perf_counter()
         conn.execute(definition)
